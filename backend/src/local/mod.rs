@@ -1,0 +1,1 @@
+//! The local bus (owned by the local-bus work; placeholder).
