@@ -1,7 +1,16 @@
 //! vmsg-backend: the bus-neutral device side of vmsgd.
 //!
-//! See `docs/architecture.md` for where each piece lives.
+//! - [`bus`]: the `Bus` trait every bus instance implements.
+//! - [`memory`]: guest memory as devices see it (`vm-memory`).
+//! - [`device`]: the `VirtioDevice` trait and the per-device host joining a
+//!   model, its transport state machine and its virtqueues.
+//! - [`instance`]: a guest's device table and the event loop serving it.
+//! - [`local`]: the built-in local bus (Unix socket + memfd + eventfds).
+//!
+//! See `docs/architecture.md` for the whole picture.
 
 pub mod bus;
+pub mod device;
+pub mod instance;
 pub mod local;
 pub mod memory;

@@ -1,0 +1,428 @@
+//! The `VirtioDevice` trait device models implement, and the per-device host
+//! that joins a model to its transport state machine and its virtqueues.
+//!
+//! The transport (`vmsg_transport::device`) decides what is valid; the host
+//! turns its effects into queue objects (`virtio-queue` split rings over
+//! `vm-memory`), runs the model on them and produces EVENT_USED with
+//! notification suppression (EVENT_IDX) honoured.
+
+use std::time::Instant;
+
+use log::{debug, warn};
+use thiserror::Error;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+use vmsg_proto::{Codec, Message};
+use vmsg_transport::device::{
+    DeviceModel, DeviceTransport, Effect, Handled, ResetProgress, TransportError, feature,
+};
+
+use crate::memory::{GuestMemory, GuestMemoryHandle};
+
+/// Errors a device model reports from queue processing.
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    /// The guest put something in the queue that cannot be a valid request
+    /// and leaves the queue unusable (bad ring index, unmappable ring).
+    #[error("virtqueue {queue} is corrupt: {reason}")]
+    QueueCorrupt { queue: u16, reason: String },
+    /// The device's host side failed in a way it cannot recover from.
+    #[error("device backend failed: {0}")]
+    Backend(String),
+}
+
+/// What one pass over a queue did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueOutcome {
+    /// Used entries were added: the driver may need an EVENT_USED.
+    pub used_added: bool,
+}
+
+/// A virtio device model (rng, blk, net, i2c).
+pub trait VirtioDevice: Send {
+    /// A short name for logs ("rng", "blk:disk0").
+    fn name(&self) -> &str;
+    /// Virtio device type.
+    fn device_type(&self) -> u32;
+    /// Device-specific feature bits offered. The host adds the transport-level
+    /// bits it implements itself (VERSION_1, ACCESS_PLATFORM, EVENT_IDX,
+    /// INDIRECT_DESC, RING_RESET).
+    fn features(&self) -> u64;
+    /// Maximum size of each queue (the queue count is this slice's length).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Config space size.
+    fn config_size(&self) -> u32 {
+        0
+    }
+    /// Read config bytes; `offset + data.len() <= config_size()` is checked.
+    fn read_config(&self, _offset: u32, data: &mut [u8]) {
+        data.fill(0);
+    }
+    /// Apply a driver config write, all or nothing.
+    fn write_config(&mut self, _offset: u32, _data: &[u8]) -> bool {
+        false
+    }
+    /// Validate the negotiated features (FEATURES_OK).
+    fn accept_features(&mut self, _features: u64) -> bool {
+        true
+    }
+    /// DRIVER_OK: the device goes live with these negotiated features.
+    fn activate(&mut self, _features: u64) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// Process available buffers of queue `index`.
+    fn process_queue(
+        &mut self,
+        index: u16,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+    ) -> Result<QueueOutcome, DeviceError>;
+    /// Return to the initial state (device reset).
+    fn reset(&mut self);
+    /// When the device wants its queues processed again without a
+    /// notification (e.g. a rate limit refilled).
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Transport-level feature bits the host implements for every device.
+pub const HOST_FEATURES: u64 = (1 << feature::VERSION_1)
+    | (1 << feature::ACCESS_PLATFORM)
+    | (1 << feature::EVENT_IDX)
+    | (1 << 28) // VIRTIO_F_INDIRECT_DESC: virtio-queue walks indirect tables.
+    | (1 << feature::RING_RESET);
+
+/// Adapts a `VirtioDevice` plus its live queues to the transport's
+/// `DeviceModel`.
+struct ModelAdapter {
+    dev: Box<dyn VirtioDevice>,
+    offered: [u32; 2],
+    queues: Vec<Option<Queue>>,
+}
+
+impl DeviceModel for ModelAdapter {
+    fn device_id(&self) -> u32 {
+        self.dev.device_type()
+    }
+    fn offered_features(&self) -> &[u32] {
+        &self.offered
+    }
+    fn config_size(&self) -> u32 {
+        self.dev.config_size()
+    }
+    fn read_config(&self, offset: u32, data: &mut [u8]) {
+        self.dev.read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> bool {
+        self.dev.write_config(offset, data)
+    }
+    fn num_queues(&self) -> u32 {
+        self.dev.queue_max_sizes().len() as u32
+    }
+    fn queue_max_size(&self, index: u32) -> u32 {
+        self.dev
+            .queue_max_sizes()
+            .get(index as usize)
+            .map_or(0, |&s| u32::from(s))
+    }
+    fn accept_features(&mut self, features: &[u32]) -> bool {
+        self.dev.accept_features(words_to_u64(features))
+    }
+    fn reset(&mut self) -> ResetProgress {
+        self.queues.iter_mut().for_each(|q| *q = None);
+        self.dev.reset();
+        ResetProgress::Done
+    }
+}
+
+fn words_to_u64(words: &[u32]) -> u64 {
+    let lo = words.first().copied().unwrap_or(0);
+    let hi = words.get(1).copied().unwrap_or(0);
+    u64::from(lo) | (u64::from(hi) << 32)
+}
+
+/// Counters of one device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// Requests answered.
+    pub requests: u64,
+    /// Frames addressed to this device that were dropped unanswered.
+    pub dropped: u64,
+    /// EVENT_AVAIL received for live queues.
+    pub notifications: u64,
+    /// EVENT_USED sent.
+    pub used_events: u64,
+    /// Times the device entered DEVICE_NEEDS_RESET.
+    pub needs_reset: u64,
+}
+
+/// One device on a bus instance: the model, its transport state, its queues.
+pub struct DeviceHost {
+    dev_num: u16,
+    model: ModelAdapter,
+    transport: Option<DeviceTransport>,
+    mem: Option<GuestMemoryHandle>,
+    counters: DeviceCounters,
+}
+
+impl std::fmt::Debug for DeviceHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceHost")
+            .field("dev_num", &self.dev_num)
+            .field("name", &self.model.dev.name())
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+impl DeviceHost {
+    /// Host `dev` as device number `dev_num`.
+    pub fn new(dev_num: u16, dev: Box<dyn VirtioDevice>) -> Self {
+        let offered = (dev.features() | HOST_FEATURES)
+            & !(1 << feature::NOTIF_CONFIG_DATA)
+            & !(1 << feature::NOTIFICATION_DATA);
+        let queues = dev.queue_max_sizes().iter().map(|_| None).collect();
+        Self {
+            dev_num,
+            model: ModelAdapter {
+                dev,
+                offered: [offered as u32, (offered >> 32) as u32],
+                queues,
+            },
+            transport: None,
+            mem: None,
+            counters: DeviceCounters::default(),
+        }
+    }
+
+    /// Device number on its bus.
+    pub fn dev_num(&self) -> u16 {
+        self.dev_num
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        self.model.dev.name()
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> DeviceCounters {
+        self.counters
+    }
+
+    /// Transport status, 0 when no bus is attached.
+    pub fn status(&self) -> u32 {
+        self.transport.as_ref().map_or(0, DeviceTransport::status)
+    }
+
+    /// Attach to a (new) bus connection: the device starts from reset with
+    /// that bus's codec and guest memory.
+    pub fn attach(&mut self, codec: Codec, transport_features: u32, mem: GuestMemoryHandle) {
+        let _ = self.model.reset();
+        self.transport = Some(DeviceTransport::new(
+            &self.model,
+            self.dev_num,
+            codec,
+            transport_features,
+        ));
+        self.mem = Some(mem);
+    }
+
+    /// Detach from the bus (peer gone): stop everything.
+    pub fn detach(&mut self) {
+        let _ = self.model.reset();
+        self.transport = None;
+        self.mem = None;
+    }
+
+    /// Handle one transport message for this device. The response (if any)
+    /// is encoded into `out`; events that follow it are passed to `emit`
+    /// after the caller sent the response, via [`DeviceHost::apply`].
+    pub fn handle(&mut self, msg: &Message<'_>, out: &mut [u8]) -> Result<Handled, TransportError> {
+        let Some(transport) = self.transport.as_mut() else {
+            return Ok(Handled {
+                response: None,
+                effect: Effect::None,
+                dropped: None,
+            });
+        };
+        let handled = transport.handle(&mut self.model, msg, out)?;
+        if handled.response.is_some() {
+            self.counters.requests += 1;
+        }
+        if handled.dropped.is_some() {
+            self.counters.dropped += 1;
+        }
+        Ok(handled)
+    }
+
+    /// Carry out an effect. Frames to send (EVENT_USED, EVENT_CONFIG) are
+    /// handed to `emit`, in order.
+    pub fn apply(&mut self, effect: Effect, emit: &mut dyn FnMut(&[u8])) {
+        match effect {
+            Effect::None | Effect::Reset => {}
+            Effect::Failed => self.model.queues.iter_mut().for_each(|q| *q = None),
+            Effect::Activate => {
+                let features = self
+                    .transport
+                    .as_ref()
+                    .map_or(0, |t| words_to_u64(t.driver_features()));
+                let count = self.model.queues.len() as u32;
+                for index in 0..count {
+                    if let Err(e) = self.start_queue(index) {
+                        self.fail(&e, emit);
+                        return;
+                    }
+                }
+                if let Err(e) = self.model.dev.activate(features) {
+                    self.fail(&e, emit);
+                    return;
+                }
+                // Buffers may already be waiting (the driver may post before
+                // DRIVER_OK completes on its side).
+                for index in 0..count {
+                    self.process(index, emit);
+                }
+            }
+            Effect::QueueEnabled(index) => match self.start_queue(index) {
+                Ok(()) => self.process(index, emit),
+                Err(e) => self.fail(&e, emit),
+            },
+            Effect::QueueReset(index) => {
+                if let Some(q) = self.model.queues.get_mut(index as usize) {
+                    *q = None;
+                }
+            }
+            Effect::Notify(index) => {
+                self.counters.notifications += 1;
+                self.process(index, emit);
+            }
+        }
+    }
+
+    /// Build the `virtio-queue` object for an enabled queue.
+    fn start_queue(&mut self, index: u32) -> Result<(), DeviceError> {
+        let (Some(transport), Some(mem)) = (self.transport.as_ref(), self.mem.as_ref()) else {
+            return Ok(());
+        };
+        let Some(cfg) = transport.queue(index).copied() else {
+            return Ok(());
+        };
+        if !cfg.enabled {
+            return Ok(());
+        }
+        let corrupt = |reason: String| DeviceError::QueueCorrupt {
+            queue: index as u16,
+            reason,
+        };
+        let max = self.model.queue_max_size(index) as u16;
+        let mut queue = Queue::new(max).map_err(|e| corrupt(e.to_string()))?;
+        queue
+            .try_set_size(cfg.size as u16)
+            .map_err(|e| corrupt(e.to_string()))?;
+        queue
+            .try_set_desc_table_address(GuestAddress(cfg.desc_addr))
+            .map_err(|e| corrupt(e.to_string()))?;
+        queue
+            .try_set_avail_ring_address(GuestAddress(cfg.driver_addr))
+            .map_err(|e| corrupt(e.to_string()))?;
+        queue
+            .try_set_used_ring_address(GuestAddress(cfg.device_addr))
+            .map_err(|e| corrupt(e.to_string()))?;
+        queue.set_event_idx(transport.negotiated(feature::EVENT_IDX));
+        queue.set_ready(true);
+        // The rings must lie inside guest memory; a queue pointing elsewhere
+        // can never work.
+        if !queue.is_valid(&**mem) {
+            return Err(corrupt("rings outside guest memory".into()));
+        }
+        if let Some(slot) = self.model.queues.get_mut(index as usize) {
+            *slot = Some(queue);
+        }
+        Ok(())
+    }
+
+    /// Run the model on queue `index` and send EVENT_USED if the driver wants one.
+    fn process(&mut self, index: u32, emit: &mut dyn FnMut(&[u8])) {
+        let (Some(transport), Some(mem)) = (self.transport.as_ref(), self.mem.clone()) else {
+            return;
+        };
+        if !transport.is_live() {
+            return;
+        }
+        let Some(Some(queue)) = self.model.queues.get_mut(index as usize) else {
+            return;
+        };
+        let result = self.model.dev.process_queue(index as u16, queue, &mem);
+        match result {
+            Ok(outcome) if outcome.used_added => match queue.needs_notification(&*mem) {
+                Ok(true) => {
+                    let mut buf = [0u8; 16];
+                    match transport.event_used(index, &mut buf) {
+                        Ok(n) => {
+                            self.counters.used_events += 1;
+                            emit(&buf[..n]);
+                        }
+                        Err(e) => warn!("{}: encoding EVENT_USED: {e}", self.model.dev.name()),
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let err = DeviceError::QueueCorrupt {
+                        queue: index as u16,
+                        reason: e.to_string(),
+                    };
+                    self.fail(&err, emit);
+                }
+            },
+            Ok(_) => {}
+            Err(e) => self.fail(&e, emit),
+        }
+    }
+
+    /// Process every live queue whose device asked to be woken by now.
+    pub fn run_deadline(&mut self, now: Instant, emit: &mut dyn FnMut(&[u8])) {
+        if self.model.dev.next_deadline().is_some_and(|d| d <= now) {
+            for index in 0..self.model.queues.len() as u32 {
+                self.process(index, emit);
+            }
+        }
+    }
+
+    /// The model's next wake-up, if live.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self
+            .transport
+            .as_ref()
+            .is_some_and(DeviceTransport::is_live)
+        {
+            self.model.dev.next_deadline()
+        } else {
+            None
+        }
+    }
+
+    /// An unrecoverable queue or backend error: stop the queues, set
+    /// DEVICE_NEEDS_RESET and tell the driver with EVENT_CONFIG.
+    fn fail(&mut self, err: &DeviceError, emit: &mut dyn FnMut(&[u8])) {
+        warn!(
+            "{} (dev {}): {err}; setting DEVICE_NEEDS_RESET",
+            self.model.dev.name(),
+            self.dev_num
+        );
+        self.model.queues.iter_mut().for_each(|q| *q = None);
+        let Some(transport) = self.transport.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 32];
+        match transport.set_needs_reset(&mut buf) {
+            Ok(Some(n)) => {
+                self.counters.needs_reset += 1;
+                emit(&buf[..n]);
+            }
+            Ok(None) => debug!("DEVICE_NEEDS_RESET already signalled"),
+            Err(e) => warn!("encoding EVENT_CONFIG: {e}"),
+        }
+    }
+}

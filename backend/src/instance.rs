@@ -1,0 +1,445 @@
+//! A per-guest instance: the devices one guest sees on one bus, and the event
+//! loop that serves them.
+//!
+//! The instance owns its device table outright: nothing is shared with other
+//! guests, so a slow or hostile guest can only stall its own thread.
+//! Frames are decoded under the bus instance's codec; malformed ones are
+//! dropped and counted, never answered (§6.3).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use thiserror::Error;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmsg_proto::{Body, Codec, CodecError, DecodeError, Profile};
+use vmsg_transport::bus::{DeviceSet, answer_bus_request};
+
+use crate::bus::{Bus, BusCounters, BusError};
+use crate::device::{DeviceCounters, DeviceHost, VirtioDevice};
+
+/// Errors of an instance.
+#[derive(Debug, Error)]
+pub enum InstanceError {
+    /// Two devices were given the same device number.
+    #[error("device number {0} is used twice")]
+    DuplicateDevNum(u16),
+    /// The bus advertised a maximum message size the profile cannot use.
+    #[error("bus parameters rejected: {0}")]
+    Codec(#[from] CodecError),
+    /// The bus failed.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// epoll or eventfd failed.
+    #[error("{op}: {source}")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn os(op: &'static str) -> impl FnOnce(std::io::Error) -> InstanceError {
+    move |source| InstanceError::Os { op, source }
+}
+
+fn errno(op: &'static str) -> impl FnOnce(nix::Error) -> InstanceError {
+    move |e| InstanceError::Os {
+        op,
+        source: std::io::Error::from(e),
+    }
+}
+
+/// Frames the instance dropped, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounters {
+    /// Frames that failed to decode (size, truncation, unknown id, …).
+    pub malformed: u64,
+    /// Of those, frames with an unknown message id.
+    pub unknown_msg_id: u64,
+    /// Transport messages for a device number that does not exist.
+    pub unknown_device: u64,
+    /// Responses or events a device side never accepts.
+    pub unexpected: u64,
+    /// Well-formed frames a device dropped (out-of-range config, EVENT_AVAIL
+    /// for a queue not live, responses that would not fit).
+    pub device_dropped: u64,
+    /// Bus messages the device side does not answer.
+    pub bus_unhandled: u64,
+}
+
+/// A snapshot of an instance's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceStats {
+    /// Frames received (decoded or not).
+    pub frames: u64,
+    /// Drops by reason.
+    pub drops: DropCounters,
+    /// Per device number.
+    pub devices: BTreeMap<u16, DeviceCounters>,
+    /// The current bus connection's counters.
+    pub bus: BusCounters,
+}
+
+/// Signals an instance (or any loop of the daemon) to stop; cloneable and
+/// pollable.
+#[derive(Clone, Debug)]
+pub struct StopSignal(Arc<EventFd>);
+
+impl StopSignal {
+    /// A new, untriggered signal.
+    pub fn new() -> Result<Self, InstanceError> {
+        Ok(Self(Arc::new(
+            EventFd::new(EFD_NONBLOCK).map_err(os("eventfd"))?,
+        )))
+    }
+
+    /// Ask every loop watching this signal to stop. Idempotent.
+    pub fn trigger(&self) {
+        // Writing can only fail if the counter would overflow, which means
+        // it is already triggered.
+        let _ = self.0.write(1);
+    }
+
+    /// Whether the signal was triggered (does not consume it).
+    pub fn is_triggered(&self) -> bool {
+        // SAFETY: the eventfd is owned by `self` and outlives this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.0.as_raw_fd()) };
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    /// The fd to poll.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Why [`GuestInstance::serve`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServeEnd {
+    /// The peer disconnected; the devices were reset.
+    Disconnected,
+    /// The stop signal fired.
+    Stopped,
+}
+
+/// Instance-wide options.
+#[derive(Clone, Copy, Debug)]
+pub struct InstanceOptions {
+    /// Wire profile of the bus instance.
+    pub profile: Profile,
+    /// After draining the ring, keep polling it this long before sleeping on
+    /// the doorbell (0 = always sleep). Trades a core for latency.
+    pub poll_spin: Duration,
+}
+
+impl Default for InstanceOptions {
+    fn default() -> Self {
+        Self {
+            profile: Profile::V2,
+            poll_spin: Duration::ZERO,
+        }
+    }
+}
+
+struct Devices<'a>(&'a BTreeMap<u16, DeviceHost>);
+
+impl DeviceSet for Devices<'_> {
+    fn contains(&self, dev_num: u16) -> bool {
+        self.0.contains_key(&dev_num)
+    }
+    fn next_at_or_after(&self, from: u32) -> Option<u16> {
+        let from = u16::try_from(from).ok()?;
+        self.0.range(from..).next().map(|(&k, _)| k)
+    }
+}
+
+/// The devices of one guest and the logic that serves them over a bus.
+#[derive(Debug)]
+pub struct GuestInstance {
+    name: String,
+    options: InstanceOptions,
+    devices: BTreeMap<u16, DeviceHost>,
+    frames: u64,
+    drops: DropCounters,
+    bus_counters: BusCounters,
+}
+
+const EV_DOORBELL: u64 = 1;
+const EV_CONTROL: u64 = 2;
+const EV_STOP: u64 = 3;
+
+impl GuestInstance {
+    /// An instance named `name` hosting `devices` at their device numbers.
+    pub fn new(
+        name: impl Into<String>,
+        options: InstanceOptions,
+        devices: Vec<(u16, Box<dyn VirtioDevice>)>,
+    ) -> Result<Self, InstanceError> {
+        let mut table = BTreeMap::new();
+        for (dev_num, dev) in devices {
+            if table
+                .insert(dev_num, DeviceHost::new(dev_num, dev))
+                .is_some()
+            {
+                return Err(InstanceError::DuplicateDevNum(dev_num));
+            }
+        }
+        Ok(Self {
+            name: name.into(),
+            options,
+            devices: table,
+            frames: 0,
+            drops: DropCounters::default(),
+            bus_counters: BusCounters::default(),
+        })
+    }
+
+    /// The guest's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> InstanceStats {
+        InstanceStats {
+            frames: self.frames,
+            drops: self.drops,
+            devices: self
+                .devices
+                .iter()
+                .map(|(&n, d)| (n, d.counters()))
+                .collect(),
+            bus: self.bus_counters,
+        }
+    }
+
+    /// Serve `bus` until the peer disconnects or `stop` fires. Devices start
+    /// from reset and are reset again when this returns.
+    pub fn serve(
+        &mut self,
+        bus: &mut dyn Bus,
+        stop: &StopSignal,
+    ) -> Result<ServeEnd, InstanceError> {
+        let codec = Codec::new(self.options.profile, bus.max_msg_size())?;
+        let mem = bus.memory();
+        for dev in self.devices.values_mut() {
+            dev.attach(codec, bus.transport_features(), mem.clone());
+        }
+        info!(
+            "{}: bus up ({:?}, max message {} bytes, {} devices)",
+            self.name,
+            self.options.profile,
+            bus.max_msg_size(),
+            self.devices.len()
+        );
+        let result = self.event_loop(&codec, bus, stop);
+        for dev in self.devices.values_mut() {
+            dev.detach();
+        }
+        self.bus_counters = bus.counters();
+        let stats = self.stats();
+        info!(
+            "{}: bus down ({:?}); frames {}, drops {:?}",
+            self.name, result, stats.frames, stats.drops
+        );
+        result
+    }
+
+    fn event_loop(
+        &mut self,
+        codec: &Codec,
+        bus: &mut dyn Bus,
+        stop: &StopSignal,
+    ) -> Result<ServeEnd, InstanceError> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno("epoll_create"))?;
+        let add = |fd: RawFd, data: u64| -> Result<(), InstanceError> {
+            // SAFETY: the fds are owned by the bus and the stop signal, which
+            // outlive this loop; the borrow only lives for the epoll_ctl call.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            epoll
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, data))
+                .map_err(errno("epoll_ctl"))
+        };
+        add(bus.doorbell_fd(), EV_DOORBELL)?;
+        if let Some(fd) = bus.control_fd() {
+            add(fd, EV_CONTROL)?;
+        }
+        add(stop.as_raw_fd(), EV_STOP)?;
+
+        let mut buf = vec![0u8; codec.max_msg_size()];
+        let mut out = vec![0u8; codec.max_msg_size()];
+        let mut events = [EpollEvent::empty(); 4];
+        loop {
+            bus.ack_doorbell()?;
+            self.drain(codec, bus, &mut buf, &mut out)?;
+            if !self.options.poll_spin.is_zero() {
+                let until = Instant::now() + self.options.poll_spin;
+                while Instant::now() < until {
+                    if self.drain(codec, bus, &mut buf, &mut out)? {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            self.run_deadlines(bus)?;
+            let timeout = self
+                .devices
+                .values()
+                .filter_map(DeviceHost::next_deadline)
+                .min()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = match timeout {
+                Some(d) => EpollTimeout::try_from(d.max(Duration::from_millis(1)))
+                    .unwrap_or(EpollTimeout::NONE),
+                None => EpollTimeout::NONE,
+            };
+            let n = match epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(errno("epoll_wait")(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    EV_STOP => return Ok(ServeEnd::Stopped),
+                    EV_CONTROL => match bus.handle_control() {
+                        Ok(()) => {}
+                        Err(BusError::Disconnected) => return Ok(ServeEnd::Disconnected),
+                        Err(e) => return Err(e.into()),
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Handle every pending frame. Returns whether any frame was handled.
+    fn drain(
+        &mut self,
+        codec: &Codec,
+        bus: &mut dyn Bus,
+        buf: &mut [u8],
+        out: &mut [u8],
+    ) -> Result<bool, InstanceError> {
+        let mut any = false;
+        while let Some(len) = bus.recv(buf)? {
+            any = true;
+            let frame = buf.get(..len).unwrap_or(&[]);
+            self.on_frame(codec, frame, bus, out)?;
+        }
+        Ok(any)
+    }
+
+    /// Decode, route and answer one frame.
+    pub fn on_frame(
+        &mut self,
+        codec: &Codec,
+        frame: &[u8],
+        bus: &mut dyn Bus,
+        out: &mut [u8],
+    ) -> Result<(), InstanceError> {
+        self.frames += 1;
+        let msg = match codec.decode(frame) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.drops.malformed += 1;
+                if matches!(e, DecodeError::UnknownMessage { .. }) {
+                    self.drops.unknown_msg_id += 1;
+                }
+                debug!("{}: dropped malformed frame: {e}", self.name);
+                return Ok(());
+            }
+        };
+        if is_bus_message(&msg.body) {
+            // Bus messages carry dev_num 0 (§1); anything else is malformed.
+            if msg.dev_num != 0 {
+                self.drops.malformed += 1;
+                return Ok(());
+            }
+            if !msg.body.is_request() {
+                self.drops.unexpected += 1;
+                return Ok(());
+            }
+            match answer_bus_request(&Devices(&self.devices), codec, &msg, out) {
+                Ok(Some(n)) => send(bus, &out[..n])?,
+                Ok(None) => self.drops.bus_unhandled += 1,
+                Err(e) => warn!("{}: encoding a bus response: {e}", self.name),
+            }
+            return Ok(());
+        }
+        let Some(dev) = self.devices.get_mut(&msg.dev_num) else {
+            self.drops.unknown_device += 1;
+            return Ok(());
+        };
+        let handled = match dev.handle(&msg, out) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("{}: device {}: {e}", self.name, msg.dev_num);
+                return Ok(());
+            }
+        };
+        if let Some(reason) = handled.dropped {
+            match reason {
+                vmsg_transport::device::Dropped::NotARequest => self.drops.unexpected += 1,
+                _ => self.drops.device_dropped += 1,
+            }
+            debug!(
+                "{}: device {} dropped a frame: {reason}",
+                self.name, msg.dev_num
+            );
+        }
+        if let Some(n) = handled.response {
+            send(bus, &out[..n])?;
+        }
+        let mut failed = None;
+        dev.apply(handled.effect, &mut |frame| {
+            if failed.is_none() {
+                if let Err(e) = bus.send(frame) {
+                    failed = Some(e);
+                }
+            }
+        });
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn run_deadlines(&mut self, bus: &mut dyn Bus) -> Result<(), InstanceError> {
+        let now = Instant::now();
+        let mut failed = None;
+        for dev in self.devices.values_mut() {
+            dev.run_deadline(now, &mut |frame| {
+                if failed.is_none() {
+                    if let Err(e) = bus.send(frame) {
+                        failed = Some(e);
+                    }
+                }
+            });
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn is_bus_message(body: &Body<'_>) -> bool {
+    matches!(
+        body,
+        Body::GetDevices { .. }
+            | Body::Devices { .. }
+            | Body::Ping { .. }
+            | Body::Pong { .. }
+            | Body::EventDevice { .. }
+            | Body::BusSpecific { .. }
+    )
+}
+
+fn send(bus: &mut dyn Bus, frame: &[u8]) -> Result<(), InstanceError> {
+    bus.send(frame).map_err(InstanceError::from)
+}

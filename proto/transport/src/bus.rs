@@ -1,0 +1,114 @@
+//! Bus messages a device-side bus instance answers itself (reference §4):
+//! GET_DEVICES and PING, and the EVENT_DEVICE it originates. Pure logic, so
+//! every bus (local, Xen, FF-A partition) answers the same way.
+
+use vmsg_proto::{Body, Codec, EncodeError, Message, device_bus_state};
+
+/// The set of device numbers present on a bus instance.
+pub trait DeviceSet {
+    /// Whether device number `dev_num` is present.
+    fn contains(&self, dev_num: u16) -> bool;
+    /// The smallest present device number `>= from`, if any.
+    fn next_at_or_after(&self, from: u32) -> Option<u16>;
+}
+
+/// Answer a GET_DEVICES window (§4.1, v2 rules): the response describes
+/// `[offset, offset + count)` with `count <=` the requested count, trimmed by
+/// the message size and by an empty tail; `next_offset` is the next present
+/// device beyond the described slots, or 0 when enumeration is complete.
+///
+/// For a `count = 0` request the answer is count 0 with an empty bitmap and
+/// `next_offset` = the first present device `>= offset` (or 0): that loses no
+/// device, although it equals `offset` when a device sits exactly there
+/// (docs/decisions.md).
+pub fn get_devices_response<'b>(
+    devices: &dyn DeviceSet,
+    codec: &Codec,
+    offset: u16,
+    count: u16,
+    bitmap: &'b mut [u8],
+) -> Body<'b> {
+    let fits = codec.max_devices_bitmap_bits().min(bitmap.len() * 8);
+    let window_end = (u32::from(offset) + u32::from(count)).min(1 << 16);
+    let size_end = (u32::from(offset) + fits as u32).min(window_end);
+    // Trim the empty tail of the window.
+    let mut described_end = u32::from(offset);
+    let mut dev = devices.next_at_or_after(u32::from(offset));
+    while let Some(d) = dev {
+        if u32::from(d) >= size_end {
+            break;
+        }
+        described_end = u32::from(d) + 1;
+        dev = devices.next_at_or_after(u32::from(d) + 1);
+    }
+    let described = (described_end - u32::from(offset)) as u16;
+    let bytes = usize::from(described).div_ceil(8);
+    let bitmap = &mut bitmap[..bytes];
+    bitmap.iter_mut().for_each(|b| *b = 0);
+    for n in 0..described {
+        if devices.contains(offset + n) {
+            bitmap[usize::from(n / 8)] |= 1 << (n % 8);
+        }
+    }
+    let next_offset = devices.next_at_or_after(described_end).unwrap_or(0);
+    Body::Devices {
+        offset,
+        next_offset,
+        count: described,
+        bitmap,
+    }
+}
+
+/// Answer a bus request addressed to the bus instance. Returns the encoded
+/// length, or `None` if the message is not one the device side answers
+/// (the caller counts and drops it).
+pub fn answer_bus_request(
+    devices: &dyn DeviceSet,
+    codec: &Codec,
+    msg: &Message<'_>,
+    out: &mut [u8],
+) -> Result<Option<usize>, EncodeError> {
+    let mut bitmap = [0u8; 8192];
+    let body = match msg.body {
+        Body::GetDevices { offset, count } => {
+            get_devices_response(devices, codec, offset, count, &mut bitmap)
+        }
+        Body::Ping { data } => Body::Pong { data },
+        _ => return Ok(None),
+    };
+    codec
+        .encode(
+            &Message {
+                dev_num: 0,
+                token: msg.token,
+                body,
+            },
+            out,
+        )
+        .map(Some)
+}
+
+/// Encode the EVENT_DEVICE announcing that `dev_num` was added (`added`) or
+/// removed.
+pub fn event_device(
+    codec: &Codec,
+    dev_num: u16,
+    added: bool,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    codec.encode(
+        &Message {
+            dev_num: 0,
+            token: 0,
+            body: Body::EventDevice {
+                device_number: dev_num,
+                state: if added {
+                    device_bus_state::ADDED
+                } else {
+                    device_bus_state::REMOVED
+                },
+            },
+        },
+        out,
+    )
+}
