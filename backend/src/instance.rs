@@ -225,11 +225,7 @@ impl GuestInstance {
         bus: &mut dyn Bus,
         stop: &StopSignal,
     ) -> Result<ServeEnd, InstanceError> {
-        let codec = Codec::new(self.options.profile, bus.max_msg_size())?;
-        let mem = bus.memory();
-        for dev in self.devices.values_mut() {
-            dev.attach(codec, bus.transport_features(), mem.clone());
-        }
+        let codec = self.attach(bus)?;
         info!(
             "{}: bus up ({:?}, max message {} bytes, {} devices)",
             self.name,
@@ -238,9 +234,7 @@ impl GuestInstance {
             self.devices.len()
         );
         let result = self.event_loop(&codec, bus, stop);
-        for dev in self.devices.values_mut() {
-            dev.detach();
-        }
+        self.detach();
         self.bus_counters = bus.counters();
         let stats = self.stats();
         info!(
@@ -248,6 +242,25 @@ impl GuestInstance {
             self.name, result, stats.frames, stats.drops
         );
         result
+    }
+
+    /// Attach every device to a new bus connection (each starts from reset)
+    /// and return the codec frames on it use. [`GuestInstance::serve`] does
+    /// this itself; tests that feed frames with `on_frame` call it directly.
+    pub fn attach(&mut self, bus: &dyn Bus) -> Result<Codec, InstanceError> {
+        let codec = Codec::new(self.options.profile, bus.max_msg_size())?;
+        let mem = bus.memory();
+        for dev in self.devices.values_mut() {
+            dev.attach(codec, bus.transport_features(), mem.clone());
+        }
+        Ok(codec)
+    }
+
+    /// Detach every device from the bus: queues stop, models reset.
+    pub fn detach(&mut self) {
+        for dev in self.devices.values_mut() {
+            dev.detach();
+        }
     }
 
     fn event_loop(
