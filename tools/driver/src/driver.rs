@@ -230,6 +230,11 @@ impl Driver {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn next_token_for_test(&mut self, t: u16) {
+        self.next_token = t;
+    }
+
     /// Sends bytes as they are (raw frames for the conformance suite).
     pub fn send_frame(&mut self, frame: &[u8]) -> Result<(), DriverError> {
         self.bus.send(frame)?;
@@ -368,6 +373,24 @@ impl Driver {
         loop {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
+            }
+            if !self.pump(deadline)? && Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a queued event matching `pred` and removes it,
+    /// leaving other events queued.
+    pub fn wait_event_where(
+        &mut self,
+        mut pred: impl FnMut(&Event) -> bool,
+        timeout: Duration,
+    ) -> Result<Option<Event>, DriverError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.events.iter().position(&mut pred) {
+                return Ok(self.events.remove(i));
             }
             if !self.pump(deadline)? && Instant::now() >= deadline {
                 return Ok(None);

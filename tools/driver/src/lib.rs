@@ -13,3 +13,12 @@ pub mod wire;
 
 pub use bus::{BusIoError, DriverBus};
 pub use driver::{Driver, DriverError};
+pub mod device;
+pub mod mem;
+pub mod rng;
+pub mod virtq;
+
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests;
