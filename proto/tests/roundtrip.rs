@@ -46,15 +46,15 @@ fn raw() -> impl Strategy<Value = Raw> {
         })
 }
 
+fn codec_for(p: Profile) -> impl Strategy<Value = Codec> {
+    prop_oneof![Just(0usize), 0usize..260, Just(65535)].prop_map(move |extra| {
+        let max = (p.min_max_msg_size() + extra).min(65535);
+        Codec::new(p, max).expect("valid codec")
+    })
+}
+
 fn codec() -> impl Strategy<Value = Codec> {
-    (
-        prop::sample::select(Profile::ALL.to_vec()),
-        prop_oneof![Just(0usize), 0usize..260, Just(65535)],
-    )
-        .prop_map(|(p, extra)| {
-            let max = (p.min_max_msg_size() + extra).min(65535);
-            Codec::new(p, max).expect("valid codec")
-        })
+    prop::sample::select(Profile::ALL.to_vec()).prop_flat_map(codec_for)
 }
 
 fn head(data: &[u8], n: usize) -> &[u8] {
@@ -232,77 +232,123 @@ fn zeroed_on_encode(p: Profile, body: &Body<'_>) -> Option<core::ops::Range<usiz
     }
 }
 
+fn frame() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..400)
+}
+
+/// decode(encode(x)) == x for a valid message, with exact sizes.
+fn check_round_trip(c: Codec, r: &Raw) -> Result<(), TestCaseError> {
+    let msg = build(r, &c);
+    let mut out = vec![0u8; c.max_msg_size()];
+    let n = c.encode(&msg, &mut out).expect("valid message encodes");
+    prop_assert_eq!(n, c.encoded_len(&msg));
+    let size = c.msg_size(&msg);
+    let hl = c.header_len();
+    prop_assert_eq!(
+        usize::from(u16::from_le_bytes([out[hl - 2], out[hl - 1]])),
+        size
+    );
+    if c.profile().fixed_frames() {
+        prop_assert_eq!(n, c.max_msg_size());
+        prop_assert!(out[size..n].iter().all(|&b| b == 0));
+    } else {
+        prop_assert_eq!(n, size);
+    }
+    prop_assert_eq!(c.decode(&out[..n]), Ok(msg));
+    // A frame exactly msg_size long decodes too (no reliance on padding).
+    prop_assert_eq!(c.decode(&out[..size]), Ok(msg));
+    // Too small a buffer is an error, never a panic or a partial success.
+    let k = (r.a[5] as usize) % n;
+    prop_assert_eq!(
+        c.encode(&msg, &mut out[..k]),
+        Err(EncodeError::BufferTooSmall { need: n, have: k })
+    );
+    Ok(())
+}
+
+/// Decoding arbitrary bytes, when it succeeds, yields the canonical form:
+/// re-encoding reproduces the received bytes except ignored `type` bits,
+/// bytes past the canonical size (forward-compatible extensions) and
+/// reserved words the typed form does not keep.
+fn check_canonical(
+    c: Codec,
+    mut frame: Vec<u8>,
+    patch: Option<(u8, u8, u16)>,
+) -> Result<(), TestCaseError> {
+    let hl = c.header_len();
+    // Bias towards well-formed headers so decoding gets past them.
+    if let Some((ty, id, size)) = patch {
+        if frame.len() >= hl {
+            const IDS: [u8; 20] = [
+                0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x40, 0x41, 0x42,
+                0x80, 0x84, 0xBF, 0xC0, 0xFF, 0x00,
+            ];
+            frame[0] = if ty & 0x80 != 0 { ty } else { ty & 3 };
+            frame[1] = IDS[usize::from(id) % IDS.len()];
+            let span = frame.len().min(c.max_msg_size()) - hl + 1;
+            let size = (hl + usize::from(size) % span) as u16;
+            frame[hl - 2..hl].copy_from_slice(&size.to_le_bytes());
+        }
+    }
+    let Ok(msg) = c.decode(&frame) else {
+        return Ok(());
+    };
+    let mut out = vec![0u8; c.max_msg_size()];
+    let n = c
+        .encode(&msg, &mut out)
+        .expect("decoded message re-encodes");
+    let out = &out[..n];
+    prop_assert_eq!(c.decode(out), Ok(msg));
+    let n = c.msg_size(&msg);
+    let rx_size = usize::from(u16::from_le_bytes([frame[hl - 2], frame[hl - 1]]));
+    prop_assert_eq!(out[0], frame[0] & 3);
+    prop_assert_eq!(&out[1..hl - 2], &frame[1..hl - 2]);
+    if c.profile() != Profile::Rfc2 {
+        // Larger-than-canonical msg_size = forward-compatible extension.
+        prop_assert!(rx_size >= n);
+    }
+    let mut got = out[hl..n].to_vec();
+    let mut want = frame[hl..n].to_vec();
+    if let Some(r) = zeroed_on_encode(c.profile(), &msg.body) {
+        prop_assert!(got[r.clone()].iter().all(|&b| b == 0));
+        got[r.clone()].fill(0);
+        want[r].fill(0);
+    }
+    prop_assert_eq!(got, want);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_variant_round_trips(c in codec(), r in raw()) {
-        let msg = build(&r, &c);
-        let mut out = vec![0u8; c.max_msg_size()];
-        let n = c.encode(&msg, &mut out).expect("valid message encodes");
-        prop_assert_eq!(n, c.encoded_len(&msg));
-        let size = c.msg_size(&msg);
-        let hl = c.header_len();
-        prop_assert_eq!(usize::from(u16::from_le_bytes([out[hl - 2], out[hl - 1]])), size);
-        if c.profile().fixed_frames() {
-            prop_assert_eq!(n, c.max_msg_size());
-            prop_assert!(out[size..n].iter().all(|&b| b == 0));
-        } else {
-            prop_assert_eq!(n, size);
-        }
-        prop_assert_eq!(c.decode(&out[..n]), Ok(msg));
-        // A frame exactly msg_size long decodes too (no reliance on padding).
-        prop_assert_eq!(c.decode(&out[..size]), Ok(msg));
-        // Too small a buffer is an error, never a panic or a partial success.
-        let k = (r.a[5] as usize) % n;
-        prop_assert_eq!(
-            c.encode(&msg, &mut out[..k]),
-            Err(EncodeError::BufferTooSmall { need: n, have: k })
-        );
+    fn round_trip_v2(c in codec_for(Profile::V2), r in raw()) {
+        check_round_trip(c, &r)?;
     }
 
     #[test]
-    fn arbitrary_bytes_decode_canonically(
-        c in codec(),
-        mut frame in prop::collection::vec(any::<u8>(), 0..400),
-        patch in any::<Option<(u8, u8, u16)>>(),
-    ) {
-        let hl = c.header_len();
-        // Bias towards well-formed headers so decoding gets past them.
-        if let Some((ty, id, size)) = patch {
-            if frame.len() >= hl {
-                const IDS: [u8; 20] = [
-                    0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C,
-                    0x40, 0x41, 0x42, 0x80, 0x84, 0xBF, 0xC0, 0xFF, 0x00,
-                ];
-                frame[0] = if ty & 0x80 != 0 { ty } else { ty & 3 };
-                frame[1] = IDS[usize::from(id) % IDS.len()];
-                let span = frame.len().min(c.max_msg_size()) - hl + 1;
-                let size = (hl + usize::from(size) % span) as u16;
-                frame[hl - 2..hl].copy_from_slice(&size.to_le_bytes());
-            }
-        }
-        let Ok(msg) = c.decode(&frame) else { return Ok(()) };
-        let mut out = vec![0u8; c.max_msg_size()];
-        let n = c.encode(&msg, &mut out).expect("decoded message re-encodes");
-        let out = &out[..n];
-        prop_assert_eq!(c.decode(out), Ok(msg));
-        let n = c.msg_size(&msg);
-        let rx_size = usize::from(u16::from_le_bytes([frame[hl - 2], frame[hl - 1]]));
-        prop_assert_eq!(out[0], frame[0] & 3);
-        prop_assert_eq!(&out[1..hl - 2], &frame[1..hl - 2]);
-        if c.profile() != Profile::Rfc2 {
-            // Larger-than-canonical msg_size = forward-compatible extension.
-            prop_assert!(rx_size >= n);
-        }
-        let mut got = out[hl..n].to_vec();
-        let mut want = frame[hl..n].to_vec();
-        if let Some(r) = zeroed_on_encode(c.profile(), &msg.body) {
-            prop_assert!(got[r.clone()].iter().all(|&b| b == 0));
-            got[r.clone()].fill(0);
-            want[r].fill(0);
-        }
-        prop_assert_eq!(got, want);
+    fn round_trip_v1(c in codec_for(Profile::V1), r in raw()) {
+        check_round_trip(c, &r)?;
+    }
+
+    #[test]
+    fn round_trip_rfc2(c in codec_for(Profile::Rfc2), r in raw()) {
+        check_round_trip(c, &r)?;
+    }
+
+    #[test]
+    fn canonical_v2(c in codec_for(Profile::V2), frame in frame(), patch in any::<Option<(u8, u8, u16)>>()) {
+        check_canonical(c, frame, patch)?;
+    }
+
+    #[test]
+    fn canonical_v1(c in codec_for(Profile::V1), frame in frame(), patch in any::<Option<(u8, u8, u16)>>()) {
+        check_canonical(c, frame, patch)?;
+    }
+
+    #[test]
+    fn canonical_rfc2(c in codec_for(Profile::Rfc2), frame in frame(), patch in any::<Option<(u8, u8, u16)>>()) {
+        check_canonical(c, frame, patch)?;
     }
 
     #[test]
