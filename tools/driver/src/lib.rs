@@ -18,6 +18,7 @@ pub mod mem;
 pub mod rng;
 pub mod virtq;
 
+pub mod conformance;
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]

@@ -1,0 +1,436 @@
+//! Response form, tokens, ordering, GET_SHM, events and device data
+//! (§6.1, §6.2, §3.12, §3.15, §5 steps 11–12, §9.4, §9.10–§9.12).
+
+use std::time::Duration;
+
+use super::{Case, CaseError, CaseResult, Ctx, Needs, ensure};
+use crate::device::{FeatureSet, VirtioDevice};
+use crate::rng::{Rng, VIRTIO_ID_RNG};
+use crate::virtq::Buffer;
+use crate::wire::{self, Event, Request, Response, status, ty};
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        Case::new(
+            "resp.header_fields_exact",
+            "§9.4",
+            "responses: type = request type | 1 (reserved bits 0), same msg_id, dev_num, token, exact msg_size",
+            header_fields,
+        ),
+        Case::new(
+            "resp.token_echo",
+            "§6.1, §9.4",
+            "the response copies the request token, whatever its value",
+            token_echo,
+        ),
+        Case::new(
+            "resp.reserved_fields_zero",
+            "§9.4, §3.12",
+            "reserved response fields (GET_SHM reserved) are 0",
+            reserved_zero,
+        ),
+        Case::new(
+            "order.pipelined_processing_order",
+            "§6.2, §9.12",
+            "pipelined requests are processed in receive order",
+            processing_order,
+        ),
+        Case::new(
+            "order.pipelined_response_order",
+            "§6.2, §9.12",
+            "pipelined requests to one device are answered in request order",
+            response_order,
+        ),
+        Case::new(
+            "order.exactly_one_response",
+            "§6.2, §9.12",
+            "exactly one response per valid request",
+            exactly_one,
+        ),
+        Case::new(
+            "shm.unsupported_length_zero",
+            "§3.12, §9.10",
+            "GET_SHM of an unsupported shmid answers length 0 with the shmid echoed",
+            shm_unsupported,
+        ),
+        Case::new(
+            "event.used_after_buffers",
+            "§3.15, §9.11",
+            "the device sends a 12-byte EVENT_USED after adding used entries",
+            used_event,
+        )
+        .needs(Needs::DeviceId(VIRTIO_ID_RNG)),
+        Case::new(
+            "rng.read_returns_written_bytes",
+            "§5 step 12, virtio-rng",
+            "virtio-rng fills posted buffers and reports the bytes written",
+            rng_read,
+        )
+        .needs(Needs::DeviceId(VIRTIO_ID_RNG)),
+        Case::new(
+            "rng.no_io_before_driver_ok",
+            "§5 step 11",
+            "buffers are not processed before DRIVER_OK",
+            no_io_before_driver_ok,
+        )
+        .needs(Needs::DeviceId(VIRTIO_ID_RNG)),
+    ]
+}
+
+fn expected_size(req: &Request) -> Option<usize> {
+    Some(match req {
+        Request::GetDeviceInfo => 52,
+        Request::GetDeviceStatus | Request::SetDeviceStatus { .. } => 12,
+        Request::GetDeviceFeatures { num_blocks, .. } => 16 + 4 * *num_blocks as usize,
+        Request::SetDriverFeatures { .. } | Request::SetVqueue(_) | Request::ResetVqueue { .. } => {
+            8
+        }
+        Request::GetConfig { length, .. } => 20 + *length as usize,
+        Request::GetVqueue { .. } => 48,
+        Request::GetShm { .. } => 32,
+        _ => return None,
+    })
+}
+
+fn header_fields(c: &mut Ctx) -> CaseResult {
+    let info = c.info()?;
+    let blocks = info.num_feature_blocks.min(4);
+    let cfg_len = info.config_size.min(8);
+    c.to_driver()?;
+    let reqs = [
+        Request::GetDeviceInfo,
+        Request::GetDeviceStatus,
+        Request::SetDeviceStatus {
+            status: status::ACKNOWLEDGE | status::DRIVER,
+        },
+        Request::GetDeviceFeatures {
+            block_index: 0,
+            num_blocks: blocks,
+        },
+        Request::SetDriverFeatures {
+            block_index: 0,
+            features: vec![0],
+        },
+        Request::GetConfig {
+            offset: 0,
+            length: cfg_len,
+        },
+        Request::GetVqueue { index: 0 },
+        Request::GetVqueue {
+            index: info.max_virtqueues,
+        },
+        Request::GetShm { shmid: 0 },
+    ];
+    let dev = c.dev_num;
+    for req in reqs {
+        let token = c.drv().alloc_token();
+        let p = c.drv().submit_with_token(dev, token, req.clone())?;
+        let to = c.cfg.timeout;
+        let Some(rx) = c.drv().wait_raw(dev, p.token, to)? else {
+            return Err(CaseError::Fail(format!("no response to {}", req.name())));
+        };
+        let f = &rx.frame;
+        ensure!(
+            f[0] == ty::RESPONSE,
+            "{}: response type byte {:#04x} (expected 0x01)",
+            req.name(),
+            f[0]
+        );
+        ensure!(f[1] == req.msg_id(), "{}: msg_id {:#04x}", req.name(), f[1]);
+        ensure!(
+            rx.header.dev_num == dev,
+            "{}: dev_num {} (expected {dev})",
+            req.name(),
+            rx.header.dev_num
+        );
+        ensure!(
+            rx.header.token == token,
+            "{}: token {} (expected {token})",
+            req.name(),
+            rx.header.token
+        );
+        if let Some(n) = expected_size(&req) {
+            ensure!(
+                usize::from(rx.header.msg_size) == n,
+                "{}: msg_size {} (expected {n})",
+                req.name(),
+                rx.header.msg_size
+            );
+        }
+        ensure!(
+            f.len() == usize::from(rx.header.msg_size),
+            "{}: frame carries {} bytes for msg_size {}",
+            req.name(),
+            f.len(),
+            rx.header.msg_size
+        );
+        let max = c.drv().max_msg_size();
+        wire::check_response(&req, dev, token, f, max)
+            .map_err(|e| CaseError::Fail(format!("{}: {e}", req.name())))?;
+    }
+    Ok(())
+}
+
+fn token_echo(c: &mut Ctx) -> CaseResult {
+    let dev = c.dev_num;
+    for token in [
+        1u16, 0x00FF, 0x0100, 0x7FFF, 0x8000, 0xA55A, 0xFFFE, 0xFFFF, 0,
+    ] {
+        let p = c
+            .drv()
+            .submit_with_token(dev, token, Request::GetDeviceStatus)?;
+        let to = c.cfg.timeout;
+        let rx = c.drv().wait_raw(dev, p.token, to)?;
+        let stray = c.drv().take_unclaimed();
+        ensure!(
+            rx.is_some(),
+            "no response echoing token {token:#06x}{}",
+            if stray.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (got tokens {:?})",
+                    stray.iter().map(|r| r.header.token).collect::<Vec<_>>()
+                )
+            }
+        );
+    }
+    Ok(())
+}
+
+fn reserved_zero(c: &mut Ctx) -> CaseResult {
+    let dev = c.dev_num;
+    for shmid in (0u32..=255).chain([u32::MAX]) {
+        match c.drv().request(dev, Request::GetShm { shmid })? {
+            Response::Shm { reserved, .. } => {
+                ensure!(reserved == 0, "GET_SHM({shmid}) reserved = {reserved:#x}")
+            }
+            r => return Err(CaseError::Fail(format!("unexpected {r:?}"))),
+        }
+    }
+    Ok(())
+}
+
+fn processing_order(c: &mut Ctx) -> CaseResult {
+    c.reset()?;
+    let dev = c.dev_num;
+    let steps = [
+        Request::SetDeviceStatus {
+            status: status::ACKNOWLEDGE,
+        },
+        Request::GetDeviceStatus,
+        Request::SetDeviceStatus {
+            status: status::ACKNOWLEDGE | status::DRIVER,
+        },
+        Request::GetDeviceStatus,
+        Request::SetDeviceStatus {
+            status: status::ACKNOWLEDGE,
+        },
+        Request::GetDeviceStatus,
+    ];
+    let mut pending = Vec::new();
+    for r in steps {
+        pending.push(c.drv().submit(dev, r)?);
+    }
+    let mut gets = Vec::new();
+    for p in &pending {
+        if let Response::DeviceStatus { status } = c.drv().wait(p)? {
+            gets.push(status);
+        }
+    }
+    let want = [
+        status::ACKNOWLEDGE,
+        status::ACKNOWLEDGE | status::DRIVER,
+        status::ACKNOWLEDGE,
+    ];
+    ensure!(
+        gets == want,
+        "pipelined GET_DEVICE_STATUS read {gets:?}, in-order processing gives {want:?}"
+    );
+    Ok(())
+}
+
+fn pipeline(c: &mut Ctx) -> Result<Vec<crate::driver::Pending>, CaseError> {
+    let dev = c.dev_num;
+    let reqs = [
+        Request::GetDeviceStatus,
+        Request::GetVqueue { index: 0 },
+        Request::GetDeviceInfo,
+        Request::GetDeviceFeatures {
+            block_index: 0,
+            num_blocks: 1,
+        },
+        Request::GetConfig {
+            offset: 0,
+            length: 0,
+        },
+        Request::GetShm { shmid: 0 },
+    ];
+    let mut v = Vec::new();
+    for _ in 0..2 {
+        for r in &reqs {
+            v.push(c.drv().submit(dev, r.clone())?);
+        }
+    }
+    Ok(v)
+}
+
+fn response_order(c: &mut Ctx) -> CaseResult {
+    let pending = pipeline(c)?;
+    let mut seqs = Vec::new();
+    let to = c.cfg.timeout;
+    for p in &pending {
+        let Some(rx) = c.drv().wait_raw(p.dev_num, p.token, to)? else {
+            return Err(CaseError::Fail(format!(
+                "no response to pipelined {} (token {})",
+                p.request.name(),
+                p.token
+            )));
+        };
+        seqs.push(rx.seq);
+    }
+    ensure!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "responses arrived in order {seqs:?} (request order is ascending)"
+    );
+    Ok(())
+}
+
+fn exactly_one(c: &mut Ctx) -> CaseResult {
+    let pending = pipeline(c)?;
+    for p in &pending {
+        c.drv().wait(p)?;
+    }
+    let extra = c.responses_within_window()?;
+    ensure!(
+        extra.is_empty(),
+        "{} extra responses after {} requests: {}",
+        extra.len(),
+        pending.len(),
+        extra
+            .iter()
+            .map(|r| wire::hex(&r.frame))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    Ok(())
+}
+
+fn shm_unsupported(c: &mut Ctx) -> CaseResult {
+    // shmid is 8 bits in the core spec, so ids above 255 are never supported.
+    for shmid in [256u32, 0x8000_0000, u32::MAX] {
+        let (h, r) = c.exact(Request::GetShm { shmid })?;
+        ensure!(
+            h.msg_size == 32,
+            "GET_SHM({shmid}) response msg_size {}",
+            h.msg_size
+        );
+        let Response::Shm { length, .. } = r else {
+            return Err(CaseError::Fail(format!("unexpected {r:?}")));
+        };
+        ensure!(length == 0, "GET_SHM({shmid:#x}) reports length {length}");
+    }
+    Ok(())
+}
+
+/// Full init with queue 0 of an rng and DRIVER_OK; the session moves into the device.
+fn rng_device(
+    c: &mut Ctx,
+    driver_ok: bool,
+) -> Result<(VirtioDevice, crate::virtq::SplitQueue), CaseError> {
+    let drv = c.take_driver();
+    let mut dev = VirtioDevice::initialize(drv, c.dev_num, &FeatureSet::new())?;
+    let q = dev.setup_queue(0, 8)?;
+    if driver_ok {
+        dev.driver_ok()?;
+    }
+    Ok((dev, q))
+}
+
+fn used_event(c: &mut Ctx) -> CaseResult {
+    if c.drv().bus().polling_only() {
+        return Err(CaseError::Skip(
+            "bus uses polling-only used notifications (§3.16)".into(),
+        ));
+    }
+    let (mut dev, mut q) = rng_device(c, true)?;
+    let buf = dev.allocator().alloc(4096, 1)?;
+    q.enable_notifications()?;
+    q.add(&[Buffer {
+        addr: buf,
+        len: 16,
+        writable: true,
+    }])?;
+    dev.notify(&q)?;
+    let (d, to) = (c.dev_num, c.cfg.timeout);
+    let ev = dev.driver_mut().wait_event_where(
+        |e| matches!(e, Event::Used { dev_num, .. } if *dev_num == d),
+        to,
+    )?;
+    let malformed = dev.driver().stats().malformed;
+    let used = q.pop_used()?;
+    c.put_driver(dev.into_driver());
+    match ev {
+        Some(Event::Used { vq_index: 0, .. }) => {}
+        Some(e) => {
+            return Err(CaseError::Fail(format!(
+                "EVENT_USED for the wrong queue: {e:?}"
+            )));
+        }
+        None => {
+            return Err(CaseError::Fail(format!(
+                "no valid EVENT_USED within {to:?} ({malformed} malformed frames dropped; used entry {})",
+                if used.is_some() { "present" } else { "absent" }
+            )));
+        }
+    }
+    ensure!(
+        used.is_some(),
+        "EVENT_USED arrived but the used ring has no new entry"
+    );
+    Ok(())
+}
+
+fn rng_read(c: &mut Ctx) -> CaseResult {
+    let drv = c.take_driver();
+    let mut rng = Rng::open(drv, c.dev_num)?;
+    for n in [1usize, 64, 5000] {
+        let b = rng.read(n)?;
+        ensure!(b.len() == n, "read({n}) returned {} bytes", b.len());
+        if n >= 64 {
+            ensure!(
+                b.iter().any(|&x| x != 0),
+                "read({n}) returned only zero bytes"
+            );
+        }
+    }
+    c.put_driver(rng.close()?);
+    Ok(())
+}
+
+fn no_io_before_driver_ok(c: &mut Ctx) -> CaseResult {
+    let (mut dev, mut q) = rng_device(c, false)?;
+    let buf = dev.allocator().alloc(4096, 1)?;
+    q.add(&[Buffer {
+        addr: buf,
+        len: 16,
+        writable: true,
+    }])?;
+    dev.notify(&q)?;
+    std::thread::sleep(c.cfg.drop_window);
+    let early = q.has_used()?;
+    if early {
+        c.put_driver(dev.into_driver());
+        return Err(CaseError::Fail("buffer completed before DRIVER_OK".into()));
+    }
+    dev.driver_ok()?;
+    dev.notify(&q)?;
+    let r = dev.wait_used(&mut q, c.cfg.timeout.max(Duration::from_millis(100)));
+    c.put_driver(dev.into_driver());
+    r.map_err(|e| {
+        CaseError::Fail(format!(
+            "buffer not processed after DRIVER_OK and a new EVENT_AVAIL: {e}"
+        ))
+    })?;
+    Ok(())
+}
