@@ -19,6 +19,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How many unclaimed responses are kept before the oldest are discarded.
 const INBOX_LIMIT: usize = 256;
+/// How many unwaited requests keep their token reserved.
+const OUTSTANDING_LIMIT: usize = 4096;
 /// How many queued events are kept before the oldest are discarded.
 const EVENT_LIMIT: usize = 4096;
 
@@ -273,6 +275,10 @@ impl Driver {
         } else {
             dev_num
         };
+        // Pendings that are never waited for must not exhaust the token space.
+        if self.outstanding.len() >= OUTSTANDING_LIMIT {
+            self.outstanding.remove(0);
+        }
         self.outstanding.push((dev_num, token));
         Ok(Pending {
             dev_num,

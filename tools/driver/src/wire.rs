@@ -1436,13 +1436,9 @@ impl Event {
                 } else {
                     Vec::new()
                 };
-                // With data the frame is 24 + length; without, offset = length = 0 (§3.13).
-                if data.is_empty() && length != 0 && p.len() == 16 {
-                    return Err(WireError::Invalid {
-                        name,
-                        what: format!("length {length} without data"),
-                    });
-                }
+                // Either exactly 24 + length with the data, or 24 without: a range
+                // without data is allowed when the data does not fit (§2, §3.13),
+                // although Linux drops that form.
                 exact(16 + data.len())?;
                 Event::Config {
                     dev_num: h.dev_num,
@@ -1907,11 +1903,18 @@ mod tests {
         assert_eq!(f.len(), 24);
         let (h, p) = split_frame(&f).expect("split");
         assert_eq!(Event::decode(&h, p).expect("decode"), without);
-        // length without data is dropped (Linux interop note)
-        let bad = RawFrame::new(0, msg::EVENT_CONFIG)
+        // A range without data is accepted (§2 strict SHOULD), partial data is not.
+        let range = RawFrame::new(0, msg::EVENT_CONFIG)
             .payload(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0])
             .build();
-        let (h, p) = split_frame(&bad).expect("split");
+        let (h, p) = split_frame(&range).expect("split");
+        assert!(
+            matches!(Event::decode(&h, p), Ok(Event::Config { body, .. }) if body.length == 4 && body.data.is_empty())
+        );
+        let partial = RawFrame::new(0, msg::EVENT_CONFIG)
+            .payload(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1, 2])
+            .build();
+        let (h, p) = split_frame(&partial).expect("split");
         assert!(Event::decode(&h, p).is_err());
         // EVENT_USED must be exactly 12 bytes
         let long = RawFrame::new(0, msg::EVENT_USED).payload(&[0; 8]).build();
