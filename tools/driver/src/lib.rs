@@ -6,19 +6,28 @@
 //! * [`wire`]: frame encoding/decoding and response validation.
 //! * [`bus`]: the [`DriverBus`] trait a transport implements.
 //! * [`driver`]: a [`Driver`] session (tokens, correlation, events, discovery).
+//! * [`device`]: §5 device initialization and control ([`VirtioDevice`]).
+//! * [`mem`] and [`virtq`]: guest memory allocation and split virtqueues.
+//! * [`rng`]: the virtio-rng frontend ([`Rng`]).
+//! * [`conformance`]: the device conformance suite ([`run_suite`], [`Report`]).
+
+#![warn(missing_docs)]
 
 pub mod bus;
-pub mod driver;
-pub mod wire;
-
-pub use bus::{BusIoError, DriverBus};
-pub use driver::{Driver, DriverError};
+pub mod conformance;
 pub mod device;
+pub mod driver;
 pub mod mem;
 pub mod rng;
 pub mod virtq;
+pub mod wire;
 
-pub mod conformance;
+pub use bus::{BusIoError, DriverBus};
+pub use conformance::{Report, run_suite, run_suite_with};
+pub use device::{FeatureSet, VirtioDevice};
+pub use driver::{Driver, DriverError};
+pub use rng::Rng;
+
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
