@@ -6,6 +6,7 @@
 //! `vm-memory`), runs the model on them and produces EVENT_USED with
 //! notification suppression (EVENT_IDX) honoured.
 
+use std::os::fd::RawFd;
 use std::time::Instant;
 
 use log::{debug, warn};
@@ -77,8 +78,26 @@ pub trait VirtioDevice: Send {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, DeviceError>;
-    /// Return to the initial state (device reset).
+    /// Return to the initial state (device reset). A model with I/O in
+    /// flight must wait for it here: nothing the guest was told is durable
+    /// may be lost, and no completion may land in memory after the reset.
     fn reset(&mut self);
+    /// File descriptors the instance polls on this device's behalf (e.g. an
+    /// io_uring completion eventfd). Must stay the same for the device's
+    /// lifetime; they are registered when a bus connection starts.
+    fn event_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// One of [`VirtioDevice::event_fds`] became readable: complete finished
+    /// work. `queues[i]` is queue `i` if it is live. Returns the indices of
+    /// queues that got used entries (the host sends EVENT_USED as needed).
+    fn handle_event(
+        &mut self,
+        _queues: &mut [Option<Queue>],
+        _mem: &GuestMemory,
+    ) -> Result<Vec<u16>, DeviceError> {
+        Ok(Vec::new())
+    }
     /// When the device wants its queues processed again without a
     /// notification (e.g. a rate limit refilled).
     fn next_deadline(&self) -> Option<Instant> {
@@ -356,28 +375,60 @@ impl DeviceHost {
         };
         let result = self.model.dev.process_queue(index as u16, queue, &mem);
         match result {
-            Ok(outcome) if outcome.used_added => match queue.needs_notification(&*mem) {
-                Ok(true) => {
-                    let mut buf = [0u8; 16];
-                    match transport.event_used(index, &mut buf) {
-                        Ok(n) => {
-                            self.counters.used_events += 1;
-                            emit(&buf[..n]);
-                        }
-                        Err(e) => warn!("{}: encoding EVENT_USED: {e}", self.model.dev.name()),
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    let err = DeviceError::QueueCorrupt {
-                        queue: index as u16,
-                        reason: e.to_string(),
-                    };
-                    self.fail(&err, emit);
-                }
-            },
+            Ok(outcome) if outcome.used_added => self.notify_used(index, &mem, emit),
             Ok(_) => {}
             Err(e) => self.fail(&e, emit),
+        }
+    }
+
+    /// The model's pollable fds.
+    pub fn event_fds(&self) -> Vec<RawFd> {
+        self.model.dev.event_fds()
+    }
+
+    /// A model fd became readable: let the model complete work, then send
+    /// EVENT_USED for the queues that need one.
+    pub fn handle_event(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        let Some(mem) = self.mem.clone() else {
+            return;
+        };
+        match self.model.dev.handle_event(&mut self.model.queues, &mem) {
+            Ok(used) => {
+                for index in used {
+                    self.notify_used(u32::from(index), &mem, emit);
+                }
+            }
+            Err(e) => self.fail(&e, emit),
+        }
+    }
+
+    /// Send EVENT_USED for queue `index` if the driver wants one (EVENT_IDX).
+    fn notify_used(&mut self, index: u32, mem: &GuestMemory, emit: &mut dyn FnMut(&[u8])) {
+        let (Some(transport), Some(Some(queue))) = (
+            self.transport.as_ref(),
+            self.model.queues.get_mut(index as usize),
+        ) else {
+            return;
+        };
+        match queue.needs_notification(mem) {
+            Ok(true) => {
+                let mut buf = [0u8; 16];
+                match transport.event_used(index, &mut buf) {
+                    Ok(n) => {
+                        self.counters.used_events += 1;
+                        emit(&buf[..n]);
+                    }
+                    Err(e) => warn!("{}: encoding EVENT_USED: {e}", self.model.dev.name()),
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let err = DeviceError::QueueCorrupt {
+                    queue: index as u16,
+                    reason: e.to_string(),
+                };
+                self.fail(&err, emit);
+            }
         }
     }
 

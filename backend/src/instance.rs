@@ -172,6 +172,8 @@ pub struct GuestInstance {
 const EV_DOORBELL: u64 = 1;
 const EV_CONTROL: u64 = 2;
 const EV_STOP: u64 = 3;
+/// Device fds use `EV_DEVICE_BASE + dev_num`.
+const EV_DEVICE_BASE: u64 = 1 << 32;
 
 impl GuestInstance {
     /// An instance named `name` hosting `devices` at their device numbers.
@@ -283,6 +285,11 @@ impl GuestInstance {
             add(fd, EV_CONTROL)?;
         }
         add(stop.as_raw_fd(), EV_STOP)?;
+        for (&dev_num, dev) in &self.devices {
+            for fd in dev.event_fds() {
+                add(fd, EV_DEVICE_BASE + u64::from(dev_num))?;
+            }
+        }
 
         let mut buf = vec![0u8; codec.max_msg_size()];
         let mut out = vec![0u8; codec.max_msg_size()];
@@ -319,6 +326,10 @@ impl GuestInstance {
             for ev in &events[..n] {
                 match ev.data() {
                     EV_STOP => return Ok(ServeEnd::Stopped),
+                    data if data >= EV_DEVICE_BASE => {
+                        let dev_num = (data - EV_DEVICE_BASE) as u16;
+                        self.device_event(dev_num, bus)?;
+                    }
                     EV_CONTROL => match bus.handle_control() {
                         Ok(()) => {}
                         Err(BusError::Disconnected) => return Ok(ServeEnd::Disconnected),
@@ -410,6 +421,24 @@ impl GuestInstance {
         }
         let mut failed = None;
         dev.apply(handled.effect, &mut |frame| {
+            if failed.is_none() {
+                if let Err(e) = bus.send(frame) {
+                    failed = Some(e);
+                }
+            }
+        });
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn device_event(&mut self, dev_num: u16, bus: &mut dyn Bus) -> Result<(), InstanceError> {
+        let Some(dev) = self.devices.get_mut(&dev_num) else {
+            return Ok(());
+        };
+        let mut failed = None;
+        dev.handle_event(&mut |frame| {
             if failed.is_none() {
                 if let Err(e) = bus.send(frame) {
                     failed = Some(e);
