@@ -1,0 +1,170 @@
+//! Small helpers shared by the device-node handles: opening a node, calling
+//! an ioctl, checking the page size, and an owned shared mapping.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::ptr::NonNull;
+
+use crate::bindings::XEN_PAGE_SIZE;
+
+/// Open a Xen device node read-write, close-on-exec, plus `extra_flags`.
+pub(crate) fn open_node(path: &Path, extra_flags: i32) -> io::Result<OwnedFd> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | extra_flags)
+        .open(path)?;
+    Ok(file.into())
+}
+
+/// Call `ioctl(fd, request, arg)` and turn -1 into the errno.
+///
+/// # Safety
+///
+/// `arg` must point to memory laid out as `request` expects, valid for the
+/// reads and writes the kernel does for that request (including any trailing
+/// variable-length array), for the duration of the call.
+pub(crate) unsafe fn ioctl_ptr(
+    fd: BorrowedFd<'_>,
+    request: libc::c_ulong,
+    arg: *mut libc::c_void,
+) -> io::Result<libc::c_int> {
+    // SAFETY: the caller guarantees `arg` matches `request`; `fd` is an open
+    // descriptor for the duration of the borrow.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The host page size; the handles need it to equal Xen's 4 KiB because one
+/// grant or GFN must be one host page in the mmap arithmetic.
+pub(crate) fn host_page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(XEN_PAGE_SIZE)
+}
+
+/// Bytes spanned by `pages` Xen pages, or `None` on overflow.
+pub(crate) fn pages_to_bytes(pages: usize) -> Option<usize> {
+    pages.checked_mul(XEN_PAGE_SIZE)
+}
+
+/// A `MAP_SHARED` mapping of a device file, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mmap {
+    addr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; the raw pointer is
+// not tied to the creating thread and all access goes through volatile
+// accessors or raw pointers whose users uphold their own rules.
+unsafe impl Send for Mmap {}
+// SAFETY: as above; `Mmap` exposes no interior mutability of its own.
+unsafe impl Sync for Mmap {}
+
+impl Mmap {
+    /// `mmap(NULL, len, prot, MAP_SHARED, fd, offset)`.
+    pub(crate) fn map_shared(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        writable: bool,
+        offset: u64,
+    ) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: a fresh mapping at an address the kernel chooses cannot
+        // alias existing Rust memory; the result is checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let addr = NonNull::new(addr.cast::<u8>())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
+        Ok(Self { addr, len })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.addr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: `addr`/`len` describe a mapping this value created and
+        // nobody else unmaps; borrows of it cannot outlive `self`.
+        let ret = unsafe { libc::munmap(self.addr.as_ptr().cast(), self.len) };
+        if ret != 0 {
+            log::warn!(
+                "munmap({:p}, {}) failed: {}",
+                self.addr,
+                self.len,
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn mmap_of_a_regular_file_round_trips() {
+        let path = std::env::temp_dir().join(format!("vmsg-xen-mmap-{}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(2 * XEN_PAGE_SIZE as u64).unwrap();
+        let map = Mmap::map_shared(file.as_fd(), 2 * XEN_PAGE_SIZE, true, 0).unwrap();
+        assert_eq!(map.len(), 2 * XEN_PAGE_SIZE);
+        // SAFETY: in bounds of a live writable mapping owned by this test.
+        unsafe { map.as_ptr().add(5).write_volatile(0xab) };
+        drop(map);
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data[5], 0xab);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn zero_length_mapping_is_rejected() {
+        let file = std::fs::File::open("/dev/zero").unwrap();
+        let err = Mmap::map_shared(file.as_fd(), 0, false, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn page_arithmetic() {
+        assert_eq!(pages_to_bytes(3), Some(3 * 4096));
+        assert_eq!(pages_to_bytes(usize::MAX), None);
+        assert!(host_page_size() >= 4096);
+    }
+}
