@@ -4,4 +4,5 @@
 //! (entropy, block files, TAP, I²C adapters) sits behind a trait with an
 //! in-memory fake for tests.
 
+pub mod blk;
 pub mod rng;
