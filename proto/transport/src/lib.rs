@@ -10,3 +10,4 @@ extern crate alloc;
 
 pub mod bus;
 pub mod device;
+pub mod ring;
