@@ -19,15 +19,18 @@
 //! device nodes exist only in a Xen domain, so the handles are exercised for
 //! real under Xen (see `xen/README.md`).
 
+#![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bindings;
 pub mod evtchn;
+pub mod fake;
 pub mod gntalloc;
 pub mod gntdev;
 pub mod mapping;
 pub mod privcmd;
 mod sys;
+pub mod xenstore;
 
 pub use evtchn::{BoundPort, EventChannels, EvtchnError, XenEvtchn};
 pub use gntalloc::{GntallocError, GrantSharer, SharedGrants, XenGntalloc, XenSharedPages};
