@@ -7,9 +7,9 @@ use std::os::fd::RawFd;
 use proptest::prelude::*;
 use virtio_bindings::virtio_blk as vb;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::Queue;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmsg_backend::device::{DeviceError, VirtioDevice};
 
@@ -1254,6 +1254,24 @@ fn completions_for_a_replaced_queue_are_dropped() {
     disk.release_oldest(2);
     assert!(on_event(&mut dev, &mut queues, &mem).is_empty());
     assert_eq!(dev.in_flight(), 0);
+}
+
+#[test]
+fn event_idx_publishes_avail_event() {
+    let mem = memory();
+    let (mut dev, _disk) = fake_setup(&cfg());
+    let mut drv = Driver::new(&mem, 0, QSIZE);
+    let mut q = drv.queue();
+    q.set_event_idx(true);
+    for n in 0..3 {
+        drv.add(&[header(&mem, n, vb::VIRTIO_BLK_T_FLUSH, 0), status(&mem, n)]);
+    }
+    dev.process_queue(0, &mut q, &mem).expect("process");
+    assert_eq!(drv.used().len(), 3);
+    // avail_event sits after the used ring: the driver kicks for entry 3.
+    let at = drv.used + 4 + 8 * u64::from(QSIZE);
+    let avail_event: u16 = mem.read_obj(GuestAddress(at)).expect("avail_event");
+    assert_eq!(u16::from_le(avail_event), 3);
 }
 
 #[test]

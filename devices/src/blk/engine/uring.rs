@@ -22,6 +22,8 @@ use super::{
 
 /// Resubmissions without progress (EAGAIN, EINTR) before a request fails.
 const MAX_STALLS: u32 = 64;
+/// io_uring_enter retries on EBUSY/EAGAIN before the engine gives up.
+const MAX_BUSY: u32 = 1000;
 /// Smallest ring: a request's chain (up to [`MAX_OPS`] SQEs) must fit.
 const MIN_ENTRIES: u32 = 256;
 /// Largest ring we ask for.
@@ -263,8 +265,14 @@ impl UringEngine {
 
     /// io_uring_enter: submit what is queued and wait for `want` CQEs.
     fn enter(&mut self, want: usize) -> Result<(), EngineError> {
+        let mut busy = 0u32;
         loop {
             match self.ring.submitter().submit_and_wait(want) {
+                // Nothing consumed means nothing was left to consume.
+                Ok(0) => {
+                    self.queued = 0;
+                    return Ok(());
+                }
                 Ok(n) => {
                     self.queued = self.queued.saturating_sub(n);
                     if self.queued == 0 || want > 0 {
@@ -272,9 +280,18 @@ impl UringEngine {
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                // The CQ overflowed: make room, then try again.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.harvest(),
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => self.harvest(),
+                // The CQ overflowed or the kernel is short of memory: make
+                // room, then try again, a bounded number of times.
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN))
+                        && busy < MAX_BUSY =>
+                {
+                    busy += 1;
+                    self.harvest();
+                    if busy > 1 {
+                        std::thread::yield_now();
+                    }
+                }
                 Err(e) => return Err(EngineError::Uring(e)),
             }
         }
