@@ -555,8 +555,18 @@ impl BlkDevice {
                 (S_OK, f.ok_len)
             }
             Err(e) => {
-                warn!("{}: q{q}: {:?} request failed: {e}", self.name, f.kind);
                 self.stats.io_errors += 1;
+                // A guest can provoke errors (e.g. misaligned I/O under
+                // O_DIRECT): warn about the first ones, then sparsely.
+                let n = self.stats.io_errors;
+                if n <= 16 || n.is_power_of_two() {
+                    warn!(
+                        "{}: q{q}: {:?} request failed: {e} ({n} so far)",
+                        self.name, f.kind
+                    );
+                } else {
+                    debug!("{}: q{q}: {:?} request failed: {e}", self.name, f.kind);
+                }
                 (S_IOERR, 1)
             }
         };

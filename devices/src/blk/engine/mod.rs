@@ -9,7 +9,32 @@
 //!
 //! This module does not know about virtio: a benchmark can open a [`Disk`],
 //! build an engine with [`open_engine`] and issue the same operations the
-//! device issues, with the same engine.
+//! device issues, with the same engine:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vmsg_devices::blk::engine::*;
+//!
+//! # let file = tempfile::NamedTempFile::new().unwrap();
+//! # file.as_file().set_len(1 << 20).unwrap();
+//! # let path = file.path();
+//! let disk = Arc::new(Disk::open(path, DiskOptions::default())?);
+//! let mut engine = open_engine(Engine::IoUring, disk, 32)?;
+//! let mut bufs: Vec<AlignedBuf> = (0..32).map(|_| AlignedBuf::new(4096, 4096).unwrap()).collect();
+//! for (i, buf) in bufs.iter_mut().enumerate() {
+//!     let op = Op::Read { offset: i as u64 * 4096, iov: IoVecs::from_buf(buf) };
+//!     // SAFETY: `bufs` outlives the requests: `drain` below waits for them.
+//!     unsafe { engine.submit(i as u64, vec![op])? };
+//! }
+//! engine.flush()?;
+//! let mut done = Vec::new();
+//! engine.drain(&mut done)?;
+//! assert!(done.iter().all(|c| c.result.is_ok()));
+//! # Ok::<(), EngineError>(())
+//! ```
+//!
+//! A benchmark with a steady queue depth instead polls [`BlockEngine::event_fd`]
+//! and calls [`BlockEngine::reap`], resubmitting as completions arrive.
 //!
 //! Semantics shared by the real engines:
 //! - `Flush` is `fdatasync`.
