@@ -72,6 +72,11 @@ pub trait VirtioDevice: Send {
         Ok(())
     }
     /// Process available buffers of queue `index`.
+    ///
+    /// Guarantee for asynchronous models: the memory behind `mem` stays
+    /// mapped until [`VirtioDevice::reset`] (or
+    /// [`VirtioDevice::queue_reset`] for that queue) has returned; the host
+    /// never drops a bus connection's memory before resetting every device.
     fn process_queue(
         &mut self,
         index: u16,
@@ -82,6 +87,10 @@ pub trait VirtioDevice: Send {
     /// flight must wait for it here: nothing the guest was told is durable
     /// may be lost, and no completion may land in memory after the reset.
     fn reset(&mut self);
+    /// Queue `index` is about to be dropped (RESET_VQUEUE, or a queue error
+    /// that set DEVICE_NEEDS_RESET): stop and drain its in-flight work. No
+    /// completion for it may reach guest memory after this returns.
+    fn queue_reset(&mut self, _index: u16) {}
     /// File descriptors the instance polls on this device's behalf (e.g. an
     /// io_uring completion eventfd). Must stay the same for the device's
     /// lifetime; they are registered when a bus connection starts.
@@ -281,7 +290,7 @@ impl DeviceHost {
     pub fn apply(&mut self, effect: Effect, emit: &mut dyn FnMut(&[u8])) {
         match effect {
             Effect::None | Effect::Reset => {}
-            Effect::Failed => self.model.queues.iter_mut().for_each(|q| *q = None),
+            Effect::Failed => self.stop_queues(),
             Effect::Activate => {
                 let features = self
                     .transport
@@ -310,7 +319,11 @@ impl DeviceHost {
             },
             Effect::QueueReset(index) => {
                 if let Some(q) = self.model.queues.get_mut(index as usize) {
-                    *q = None;
+                    if q.take().is_some() {
+                        self.model.dev.queue_reset(index as u16);
+                        // Draining may have completed other queues' work.
+                        self.handle_event(emit);
+                    }
                 }
             }
             Effect::Notify(index) => {
@@ -454,6 +467,15 @@ impl DeviceHost {
         }
     }
 
+    /// Stop every live queue, letting the model drain each first.
+    fn stop_queues(&mut self) {
+        for (index, q) in self.model.queues.iter_mut().enumerate() {
+            if q.take().is_some() {
+                self.model.dev.queue_reset(index as u16);
+            }
+        }
+    }
+
     /// An unrecoverable queue or backend error: stop the queues, set
     /// DEVICE_NEEDS_RESET and tell the driver with EVENT_CONFIG.
     fn fail(&mut self, err: &DeviceError, emit: &mut dyn FnMut(&[u8])) {
@@ -462,7 +484,7 @@ impl DeviceHost {
             self.model.dev.name(),
             self.dev_num
         );
-        self.model.queues.iter_mut().for_each(|q| *q = None);
+        self.stop_queues();
         let Some(transport) = self.transport.as_mut() else {
             return;
         };

@@ -753,6 +753,25 @@ impl VirtioDevice for BlkDevice {
         self.space.writeback = u8::from(self.writeback_default);
     }
 
+    fn queue_reset(&mut self, index: u16) {
+        // The engine has no per-queue cancel: wait for everything, forget
+        // the reset queue's completions (its buffers belong to the old ring)
+        // and keep the others for their queues' next pass.
+        let mut done = Vec::new();
+        if let Err(e) = self.engine.drain(&mut done) {
+            error!("{}: cannot wait for I/O in flight: {e}", self.name);
+            std::process::abort();
+        }
+        done.append(&mut self.pending);
+        self.pending = done
+            .into_iter()
+            .filter(|c| c.token >> 32 != u64::from(index))
+            .collect();
+        if let Some(q) = self.queues.get_mut(usize::from(index)) {
+            *q = QueueState::default();
+        }
+    }
+
     fn event_fds(&self) -> Vec<RawFd> {
         self.engine.event_fd().into_iter().collect()
     }
