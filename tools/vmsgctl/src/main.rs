@@ -1,1 +1,253 @@
-fn main() {}
+//! `vmsgctl`: operator CLI for vmsgd — probe a guest's devices, ping its bus,
+//! run the conformance suite, measure round trips.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use vmsg_backend::instance::StopSignal;
+use vmsg_driver::conformance::{SuiteConfig, run_suite_with};
+use vmsg_driver::device::VirtioDevice;
+use vmsg_driver::{Driver, DriverBus};
+use vmsgd::config::Config;
+use vmsgd::daemon::Daemon;
+
+/// Operator CLI for vmsgd.
+#[derive(Debug, Parser)]
+#[command(name = "vmsgctl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List a guest's devices and their transport info.
+    Probe {
+        /// The guest's local bus socket.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// Send bus PINGs and print round-trip times.
+    Ping {
+        /// The guest's local bus socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+    },
+    /// Run the spec-v2 conformance suite against every device of a guest.
+    /// Without --socket, starts a daemon of its own (rng devices on the
+    /// local bus) and tests that.
+    Conform {
+        /// The guest's local bus socket (default: a daemon started here).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Only this device number (default: every device GET_DEVICES lists).
+        #[arg(long)]
+        dev: Option<u16>,
+        /// Comma-separated case-name substrings (default: every case).
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Print every case, not only failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Benchmarks; ratios against baselines measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: bench::BenchCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Probe { socket } => probe(&socket),
+        Command::Ping { socket, count } => ping(&socket, count),
+        Command::Conform {
+            socket,
+            dev,
+            filter,
+            verbose,
+        } => conform(socket.as_deref(), dev, &filter, verbose),
+        Command::Bench { which } => bench::run(&which),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmsgctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+/// Connect to a guest's local bus as its driver.
+pub(crate) fn connect(socket: &Path) -> Result<Box<dyn DriverBus>, AnyError> {
+    connect_with(socket, false)
+}
+
+/// Connect, spinning on the ring for responses instead of sleeping on the
+/// doorbell when `polling` is set.
+pub(crate) fn connect_with(socket: &Path, polling: bool) -> Result<Box<dyn DriverBus>, AnyError> {
+    let opts = vmsg_backend::local::LocalClientOptions {
+        polling,
+        ..Default::default()
+    };
+    Ok(Box::new(vmsg_driver::local::LocalDriverBus::connect(
+        socket, &opts,
+    )?))
+}
+
+fn probe(socket: &Path) -> Result<ExitCode, AnyError> {
+    let mut drv = Driver::new(connect(socket)?)?;
+    println!(
+        "bus: max message {} bytes, transport features {:#x}",
+        drv.max_msg_size(),
+        drv.transport_features()
+    );
+    let devices = drv.discover()?;
+    println!(
+        "{:>4}  {:>9}  {:>10}  {:>6}  {:>6}  {:>6}  status",
+        "dev", "device_id", "vendor", "blocks", "config", "queues"
+    );
+    for dev_num in devices {
+        let probed = VirtioDevice::probe(drv, dev_num)?;
+        let i = *probed.info();
+        drv = probed.into_driver();
+        let status = drv.get_device_status(dev_num)?;
+        println!(
+            "{dev_num:>4}  {:>9}  {:#010x}  {:>6}  {:>6}  {:>6}  {status:#x}",
+            i.device_id, i.vendor_id, i.num_feature_blocks, i.config_size, i.max_virtqueues
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ping(socket: &Path, count: u32) -> Result<ExitCode, AnyError> {
+    let mut drv = Driver::new(connect(socket)?)?;
+    let mut rtts = Vec::new();
+    for i in 0..count {
+        let t = Instant::now();
+        drv.ping(i)?;
+        let rtt = t.elapsed();
+        println!("PING {i}: {rtt:.1?}");
+        rtts.push(rtt);
+    }
+    rtts.sort();
+    if let (Some(min), Some(max)) = (rtts.first(), rtts.last()) {
+        println!(
+            "{count} answered, min {min:.1?}, median {:.1?}, max {max:.1?}",
+            rtts[rtts.len() / 2]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A daemon of our own on a temporary local bus, for `conform` and `bench`
+/// without a target.
+pub(crate) struct OwnDaemon {
+    daemon: Option<Daemon>,
+    dir: PathBuf,
+    /// The guest's socket.
+    pub socket: PathBuf,
+}
+
+impl OwnDaemon {
+    /// Start a daemon with one guest and the given `[[guest.device]]` tables.
+    pub(crate) fn start(devices_toml: &str, bus_extra: &str) -> Result<Self, AnyError> {
+        let dir =
+            std::env::temp_dir().join(format!("vmsgctl-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("guest.sock");
+        let path = dir.join("vmsgd.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\nlog_level = \"warn\"\n\n[[guest]]\nname = \"conform\"\nbus = {{ kind = \"local\", socket = \"{}\"{bus_extra} }}\n\n{devices_toml}",
+                socket.display()
+            ),
+        )?;
+        let cfg = Config::load(&path)?;
+        let daemon = Daemon::start(&cfg, StopSignal::new()?)?;
+        Ok(Self {
+            daemon: Some(daemon),
+            dir,
+            socket,
+        })
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            if let Err(e) = d.shutdown() {
+                eprintln!("vmsgctl: stopping the daemon: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
+}
+
+fn conform(
+    socket: Option<&Path>,
+    dev: Option<u16>,
+    filter: &str,
+    verbose: bool,
+) -> Result<ExitCode, AnyError> {
+    let own;
+    let socket = match socket {
+        Some(s) => s.to_path_buf(),
+        None => {
+            own = OwnDaemon::start(
+                "[[guest.device]]\nkind = \"rng\"\n\n[[guest.device]]\nkind = \"rng\"\nrate_limit = 1048576\n",
+                "",
+            )?;
+            println!("started a daemon of our own on {}", own.socket.display());
+            own.socket.clone()
+        }
+    };
+    let devices = match dev {
+        Some(d) => vec![d],
+        None => Driver::new(connect(&socket)?)?.discover()?,
+    };
+    let cfg = SuiteConfig {
+        filter: filter.to_string(),
+        drop_window: Duration::from_millis(100),
+        ..SuiteConfig::default()
+    };
+    let mut passed = 0;
+    let mut failed = 0;
+    for dev_num in devices {
+        let mut make = || connect(&socket).map_err(|e| e.to_string());
+        let report = run_suite_with(&mut make, dev_num, &cfg);
+        let text = report.to_string();
+        for line in text.lines() {
+            let last = Some(line) == text.lines().last();
+            if verbose || line.starts_with("FAIL") || last {
+                println!("dev {dev_num}: {line}");
+            }
+        }
+        passed += report.passed();
+        failed += report.failed();
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,251 @@
+//! Running the configured guests: one thread per guest, each owning its bus
+//! listener and its devices, so that one guest's failure or slowness never
+//! reaches another's.
+
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use log::{error, info, warn};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use thiserror::Error;
+use vmsg_backend::device::VirtioDevice;
+use vmsg_backend::instance::{
+    GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
+};
+use vmsg_backend::local::{LocalBusError, LocalBusListener, LocalServerOptions};
+use vmsg_devices::rng::{HostEntropy, RngDevice, RngError};
+
+use crate::config::{BusConfig, Config, DeviceConfig, GuestConfig};
+
+/// Errors starting or running the daemon.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// A device could not be created.
+    #[error("guest {guest}: device {dev_num} ({kind}): {source}")]
+    Device {
+        guest: String,
+        dev_num: u16,
+        kind: &'static str,
+        #[source]
+        source: RngError,
+    },
+    /// The guest's bus could not be set up.
+    #[error("guest {guest}: bus socket {path}: {source}")]
+    Bus {
+        guest: String,
+        path: PathBuf,
+        #[source]
+        source: LocalBusError,
+    },
+    /// The instance could not be created or failed.
+    #[error("guest {guest}: {source}")]
+    Instance {
+        guest: String,
+        #[source]
+        source: InstanceError,
+    },
+    /// A guest thread could not be started.
+    #[error("guest {guest}: spawning its thread: {source}")]
+    Spawn {
+        guest: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Build the device models of one guest.
+pub fn build_devices(
+    guest: &GuestConfig,
+) -> Result<Vec<(u16, Box<dyn VirtioDevice>)>, DaemonError> {
+    guest
+        .devices
+        .iter()
+        .map(|(dev_num, cfg)| {
+            let dev: Box<dyn VirtioDevice> = match cfg {
+                DeviceConfig::Rng { rate_limit, .. } => Box::new(
+                    RngDevice::new(
+                        format!("{}/rng{dev_num}", guest.name),
+                        Box::new(HostEntropy),
+                        *rate_limit,
+                    )
+                    .map_err(|source| DaemonError::Device {
+                        guest: guest.name.clone(),
+                        dev_num: *dev_num,
+                        kind: cfg.kind(),
+                        source,
+                    })?,
+                ),
+            };
+            Ok((*dev_num, dev))
+        })
+        .collect()
+}
+
+/// A running guest.
+#[derive(Debug)]
+struct GuestHandle {
+    name: String,
+    stats: Arc<Mutex<InstanceStats>>,
+    thread: JoinHandle<Result<(), DaemonError>>,
+}
+
+/// The running daemon: a thread per guest.
+#[derive(Debug)]
+pub struct Daemon {
+    guests: Vec<GuestHandle>,
+    stop: StopSignal,
+}
+
+impl Daemon {
+    /// Bind every guest's bus and start serving. Fails before any guest runs
+    /// if any guest cannot be set up.
+    pub fn start(config: &Config, stop: StopSignal) -> Result<Self, DaemonError> {
+        let mut prepared = Vec::new();
+        for guest in &config.guests {
+            let devices = build_devices(guest)?;
+            let BusConfig::Local {
+                socket,
+                profile,
+                max_msg_size,
+                poll_spin_us,
+            } = &guest.bus;
+            let options = InstanceOptions {
+                profile: (*profile).into(),
+                poll_spin: std::time::Duration::from_micros(*poll_spin_us),
+            };
+            let instance =
+                GuestInstance::new(guest.name.clone(), options, devices).map_err(|source| {
+                    DaemonError::Instance {
+                        guest: guest.name.clone(),
+                        source,
+                    }
+                })?;
+            let server = LocalServerOptions {
+                max_msg_size: *max_msg_size as usize,
+                ..LocalServerOptions::default()
+            };
+            let listener =
+                LocalBusListener::bind(socket, server).map_err(|source| DaemonError::Bus {
+                    guest: guest.name.clone(),
+                    path: socket.clone(),
+                    source,
+                })?;
+            info!(
+                "guest {}: listening on {} ({} devices)",
+                guest.name,
+                socket.display(),
+                guest.devices.len()
+            );
+            prepared.push((instance, listener));
+        }
+        let mut guests = Vec::new();
+        for (instance, listener) in prepared {
+            let name = instance.name().to_string();
+            let stats = Arc::new(Mutex::new(InstanceStats::default()));
+            let thread_stats = stats.clone();
+            let thread_stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("guest-{name}"))
+                .spawn(move || serve_local(instance, &listener, &thread_stop, &thread_stats))
+                .map_err(|source| DaemonError::Spawn {
+                    guest: name.clone(),
+                    source,
+                })?;
+            guests.push(GuestHandle {
+                name,
+                stats,
+                thread,
+            });
+        }
+        Ok(Self { guests, stop })
+    }
+
+    /// Counters of guest `name` as of its last disconnect.
+    pub fn stats(&self, name: &str) -> Option<InstanceStats> {
+        self.guests
+            .iter()
+            .find(|g| g.name == name)
+            .and_then(|g| g.stats.lock().ok().map(|s| s.clone()))
+    }
+
+    /// Stop every guest and wait for them. Returns the first guest error.
+    pub fn shutdown(self) -> Result<(), DaemonError> {
+        self.stop.trigger();
+        self.join()
+    }
+
+    /// Wait for every guest thread (they end when the stop signal fires).
+    pub fn join(self) -> Result<(), DaemonError> {
+        let mut first = None;
+        for g in self.guests {
+            match g.thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    error!("{e}");
+                    first.get_or_insert(e);
+                }
+                Err(_) => error!("guest {}: thread panicked", g.name),
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Serve one guest's local bus until stopped: accept a driver, serve it until
+/// it disconnects (devices reset), accept the next.
+fn serve_local(
+    mut instance: GuestInstance,
+    listener: &LocalBusListener,
+    stop: &StopSignal,
+    stats: &Mutex<InstanceStats>,
+) -> Result<(), DaemonError> {
+    let guest = instance.name().to_string();
+    loop {
+        // SAFETY: both fds are owned by objects that outlive this call.
+        let (lfd, sfd) = unsafe {
+            (
+                BorrowedFd::borrow_raw(listener.as_raw_fd()),
+                BorrowedFd::borrow_raw(stop.as_raw_fd()),
+            )
+        };
+        let mut fds = [
+            PollFd::new(lfd, PollFlags::POLLIN),
+            PollFd::new(sfd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                return Err(DaemonError::Instance {
+                    guest,
+                    source: InstanceError::Os {
+                        op: "poll",
+                        source: e.into(),
+                    },
+                });
+            }
+        }
+        if stop.is_triggered() {
+            return Ok(());
+        }
+        let mut bus = match listener.accept() {
+            Ok(bus) => bus,
+            Err(e) => {
+                // A bad handshake is the peer's problem, not the guest's end.
+                warn!("guest {guest}: refused a connection: {e}");
+                continue;
+            }
+        };
+        let end = instance.serve(&mut bus, stop);
+        if let Ok(mut s) = stats.lock() {
+            *s = instance.stats();
+        }
+        match end {
+            Ok(ServeEnd::Stopped) => return Ok(()),
+            Ok(ServeEnd::Disconnected) => info!("guest {guest}: driver disconnected"),
+            Err(e) => warn!("guest {guest}: connection ended: {e}"),
+        }
+    }
+}
