@@ -386,11 +386,32 @@ impl DeviceHost {
         let Some(Some(queue)) = self.model.queues.get_mut(index as usize) else {
             return;
         };
-        let result = self.model.dev.process_queue(index as u16, queue, &mem);
-        match result {
-            Ok(outcome) if outcome.used_added => self.notify_used(index, &mem, emit),
-            Ok(_) => {}
-            Err(e) => self.fail(&e, emit),
+        let mut used_added = false;
+        loop {
+            let before = queue.next_avail();
+            match self.model.dev.process_queue(index as u16, queue, &mem) {
+                Ok(outcome) => used_added |= outcome.used_added,
+                Err(e) => return self.fail(&e, emit),
+            }
+            // Re-arm driver notifications (with EVENT_IDX: publish
+            // avail_event, without which the driver stops kicking), then
+            // look again for buffers posted meanwhile. Another pass only if
+            // this one consumed something: a model stalled on a rate limit or
+            // its in-flight bound is woken by its deadline or completions.
+            match queue.enable_notification(&*mem) {
+                Ok(true) if queue.next_avail() != before => {}
+                Ok(_) => break,
+                Err(e) => {
+                    let err = DeviceError::QueueCorrupt {
+                        queue: index as u16,
+                        reason: e.to_string(),
+                    };
+                    return self.fail(&err, emit);
+                }
+            }
+        }
+        if used_added {
+            self.notify_used(index, &mem, emit);
         }
     }
 

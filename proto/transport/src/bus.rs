@@ -18,9 +18,8 @@ pub trait DeviceSet {
 /// device beyond the described slots, or 0 when enumeration is complete.
 ///
 /// For a `count = 0` request the answer is count 0 with an empty bitmap and
-/// `next_offset` = the first present device `>= offset` (or 0): that loses no
-/// device, although it equals `offset` when a device sits exactly there
-/// (docs/decisions.md).
+/// `next_offset` = the first present device `> offset` (or 0), as the
+/// "0 or greater than offset" rule demands (docs/decisions.md).
 pub fn get_devices_response<'b>(
     devices: &dyn DeviceSet,
     codec: &Codec,
@@ -50,7 +49,12 @@ pub fn get_devices_response<'b>(
             bitmap[usize::from(n / 8)] |= 1 << (n % 8);
         }
     }
-    let next_offset = devices.next_at_or_after(described_end).unwrap_or(0);
+    // §4.1: next_offset is 0 (done) or above the request offset. With
+    // count 0 and a device exactly at `offset` that means pointing past it;
+    // a count-0 request describes nothing, so nothing is lost for a walk.
+    let next_offset = devices
+        .next_at_or_after(described_end.max(u32::from(offset) + 1))
+        .unwrap_or(0);
     Body::Devices {
         offset,
         next_offset,

@@ -212,40 +212,53 @@ fn reserved_zero(c: &mut Ctx) -> CaseResult {
 }
 
 fn processing_order(c: &mut Ctx) -> CaseResult {
+    // Observable, driver-legal state changes interleaved with reads: the
+    // size of a disabled queue may be reloaded any number of times (§3.10
+    // rule 5), and each GET_VQUEUE must see the SET_VQUEUE sent before it.
+    // (Status writes would not do: a driver may not clear status bits.)
     c.reset()?;
-    let dev = c.dev_num;
+    c.to_driver()?;
+    let (index, max) = c.first_queue()?;
+    if max < 2 {
+        return Err(CaseError::Skip(format!(
+            "queue {index} max_size {max} leaves no second size"
+        )));
+    }
+    let (a, b) = (max, max / 2);
+    let load = |size: u32| {
+        Request::SetVqueue(wire::SetVqueue {
+            index,
+            flags: wire::vq_flags::STATE_KEEP_DISABLED
+                | wire::vq_flags::DESC_ADDR_IGNORE
+                | wire::vq_flags::DRIVER_ADDR_IGNORE
+                | wire::vq_flags::DEVICE_ADDR_IGNORE,
+            size,
+            ..Default::default()
+        })
+    };
     let steps = [
-        Request::SetDeviceStatus {
-            status: status::ACKNOWLEDGE,
-        },
-        Request::GetDeviceStatus,
-        Request::SetDeviceStatus {
-            status: status::ACKNOWLEDGE | status::DRIVER,
-        },
-        Request::GetDeviceStatus,
-        Request::SetDeviceStatus {
-            status: status::ACKNOWLEDGE,
-        },
-        Request::GetDeviceStatus,
+        load(a),
+        Request::GetVqueue { index },
+        load(b),
+        Request::GetVqueue { index },
+        load(a),
+        Request::GetVqueue { index },
     ];
+    let dev = c.dev_num;
     let mut pending = Vec::new();
     for r in steps {
         pending.push(c.drv().submit(dev, r)?);
     }
     let mut gets = Vec::new();
     for p in &pending {
-        if let Response::DeviceStatus { status } = c.drv().wait(p)? {
-            gets.push(status);
+        if let Response::Vqueue(q) = c.drv().wait(p)? {
+            gets.push(q.cur_size);
         }
     }
-    let want = [
-        status::ACKNOWLEDGE,
-        status::ACKNOWLEDGE | status::DRIVER,
-        status::ACKNOWLEDGE,
-    ];
+    let want = [a, b, a];
     ensure!(
         gets == want,
-        "pipelined GET_DEVICE_STATUS read {gets:?}, in-order processing gives {want:?}"
+        "pipelined GET_VQUEUE read sizes {gets:?}, in-order processing gives {want:?}"
     );
     Ok(())
 }
