@@ -127,6 +127,9 @@ pub enum ServeEnd {
     Stopped,
 }
 
+/// Devices of one guest with their device numbers.
+pub type DeviceList = Vec<(u16, Box<dyn VirtioDevice>)>;
+
 /// Instance-wide options.
 #[derive(Clone, Copy, Debug)]
 pub struct InstanceOptions {
@@ -180,7 +183,7 @@ impl GuestInstance {
     pub fn new(
         name: impl Into<String>,
         options: InstanceOptions,
-        devices: Vec<(u16, Box<dyn VirtioDevice>)>,
+        devices: DeviceList,
     ) -> Result<Self, InstanceError> {
         let mut table = BTreeMap::new();
         for (dev_num, dev) in devices {

@@ -175,7 +175,7 @@ fn bus_messages_ping_and_get_devices() {
     let next = u16::from_le_bytes([r[10], r[11]]);
     let count = u16::from_le_bytes([r[12], r[13]]);
     assert_eq!(offset, 0);
-    assert!(count <= 16 && count >= 6, "count {count}");
+    assert!((6..=16).contains(&count), "count {count}");
     assert_eq!(r[14] & 0x25, 0x25);
     assert_eq!(r[14] & !0x25, 0, "only devices 0, 2, 5");
     assert_eq!(next, 40, "continue at the next present device");

@@ -12,7 +12,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use thiserror::Error;
 use vmsg_backend::device::VirtioDevice;
 use vmsg_backend::instance::{
-    GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
+    DeviceList, GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
 };
 use vmsg_backend::local::{LocalBusError, LocalBusListener, LocalServerOptions};
 use vmsg_devices::rng::{HostEntropy, RngDevice, RngError};
@@ -56,9 +56,7 @@ pub enum DaemonError {
 }
 
 /// Build the device models of one guest.
-pub fn build_devices(
-    guest: &GuestConfig,
-) -> Result<Vec<(u16, Box<dyn VirtioDevice>)>, DaemonError> {
+pub fn build_devices(guest: &GuestConfig) -> Result<DeviceList, DaemonError> {
     guest
         .devices
         .iter()
