@@ -9,6 +9,7 @@
 //! * [`device`]: §5 device initialization and control ([`VirtioDevice`]).
 //! * [`mem`] and [`virtq`]: guest memory allocation and split virtqueues.
 //! * [`rng`]: the virtio-rng frontend ([`Rng`]).
+//! * [`local`]: [`DriverBus`] over vmsgd's local bus client.
 //! * [`conformance`]: the device conformance suite ([`run_suite`], [`Report`]).
 
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@ pub mod bus;
 pub mod conformance;
 pub mod device;
 pub mod driver;
+pub mod local;
 pub mod mem;
 pub mod rng;
 pub mod virtq;
