@@ -81,6 +81,13 @@ pub trait Bus: Send {
     /// Returns the frame length, or `None` when nothing is pending.
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, BusError>;
 
+    /// The instance is about to spin on [`Bus::recv`] (`true`) or has
+    /// stopped spinning and will next sleep on the doorbell (`false`). While
+    /// spinning, a bus may tell the peer not to ring the doorbell; after
+    /// `false` the instance calls `recv` once more before sleeping, so a frame
+    /// pushed meanwhile is seen or kicked. Default: nothing to do.
+    fn set_spinning(&mut self, _spinning: bool) {}
+
     /// Push one frame and notify the peer.
     fn send(&mut self, frame: &[u8]) -> Result<(), BusError>;
 

@@ -466,6 +466,8 @@ pub struct LocalBus {
     send_timeout: Duration,
     scratch: Vec<u8>,
     oversized: u64,
+    /// The instance is spinning on `recv`: keep NO_KICK set while empty.
+    spinning: bool,
     counters: BusCounters,
     guard: BusyGuard,
 }
@@ -496,6 +498,7 @@ impl LocalBus {
             send_timeout: opts.send_timeout,
             scratch: vec![0; slot],
             oversized: 0,
+            spinning: false,
             counters: BusCounters::default(),
             guard,
         }
@@ -621,9 +624,22 @@ impl Bus for LocalBus {
                     self.counters.frames_in += 1;
                     return Ok(Some(n));
                 }
-                None if self.consumer.is_polling() => self.consumer.set_polling(false),
+                // A spinning instance keeps the driver from kicking.
+                None if self.consumer.is_polling() && !self.spinning => {
+                    self.consumer.set_polling(false)
+                }
                 None => return Ok(None),
             }
+        }
+    }
+
+    fn set_spinning(&mut self, spinning: bool) {
+        self.spinning = spinning;
+        if !spinning && self.consumer.is_polling() {
+            // Clear with the fence; the instance re-checks the ring next.
+            self.consumer.set_polling(false);
+        } else if spinning && !self.consumer.is_polling() {
+            self.consumer.set_polling(true);
         }
     }
 

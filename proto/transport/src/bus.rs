@@ -72,9 +72,12 @@ pub fn answer_bus_request(
     msg: &Message<'_>,
     out: &mut [u8],
 ) -> Result<Option<usize>, EncodeError> {
-    let mut bitmap = [0u8; 8192];
+    // The bitmap buffer only for GET_DEVICES: zeroing 8 KiB per PING shows
+    // up in the round trip.
+    let mut bitmap;
     let body = match msg.body {
         Body::GetDevices { offset, count } => {
+            bitmap = [0u8; 8192];
             get_devices_response(devices, codec, offset, count, &mut bitmap)
         }
         Body::Ping { data } => Body::Pong { data },
