@@ -257,6 +257,22 @@ impl VirtioDevice for RngDevice {
                 break;
             };
             let head = chain.head_index();
+            // Under a limit, serve a request only once a useful amount is
+            // available (a chunk, or the whole buffer if smaller); otherwise
+            // a starved driver would get a stream of few-byte completions.
+            if self.limit.is_some() {
+                let wanted: u64 = chain
+                    .clone()
+                    .filter(|d| d.is_write_only())
+                    .map(|d| u64::from(d.len()))
+                    .sum();
+                let useful = wanted.clamp(1, CHUNK as u64);
+                if budget < useful {
+                    queue.go_to_previous_position();
+                    self.starved = self.limit.as_ref().map(|b| b.ready_at(useful));
+                    break;
+                }
+            }
             let written = self.fill_chain(mem, chain, budget)?;
             if let Some(bucket) = self.limit.as_mut() {
                 bucket.tokens -= u64::from(written);
