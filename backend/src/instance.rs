@@ -435,54 +435,24 @@ impl GuestInstance {
         if let Some(n) = handled.response {
             send(bus, &out[..n])?;
         }
-        let mut failed = None;
-        dev.apply(handled.effect, &mut |frame| {
-            if failed.is_none() {
-                if let Err(e) = bus.send(frame) {
-                    failed = Some(e);
-                }
-            }
-        });
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        emit_to(bus, |emit| dev.apply(handled.effect, emit))
     }
 
     fn device_event(&mut self, dev_num: u16, bus: &mut dyn Bus) -> Result<(), InstanceError> {
         let Some(dev) = self.devices.get_mut(&dev_num) else {
             return Ok(());
         };
-        let mut failed = None;
-        dev.handle_event(&mut |frame| {
-            if failed.is_none() {
-                if let Err(e) = bus.send(frame) {
-                    failed = Some(e);
-                }
-            }
-        });
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        emit_to(bus, |emit| dev.handle_event(emit))
     }
 
     fn run_deadlines(&mut self, bus: &mut dyn Bus) -> Result<(), InstanceError> {
         let now = Instant::now();
-        let mut failed = None;
-        for dev in self.devices.values_mut() {
-            dev.run_deadline(now, &mut |frame| {
-                if failed.is_none() {
-                    if let Err(e) = bus.send(frame) {
-                        failed = Some(e);
-                    }
-                }
-            });
-        }
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        let devices = &mut self.devices;
+        emit_to(bus, |emit| {
+            for dev in devices.values_mut() {
+                dev.run_deadline(now, emit);
+            }
+        })
     }
 }
 
@@ -496,6 +466,20 @@ fn is_bus_message(body: &Body<'_>) -> bool {
             | Body::EventDevice { .. }
             | Body::BusSpecific { .. }
     )
+}
+
+/// Run `f` with an emitter that sends frames on `bus`; after the first send
+/// error the rest are skipped and that error is returned.
+fn emit_to(bus: &mut dyn Bus, f: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Result<(), InstanceError> {
+    let mut failed = None;
+    f(&mut |frame| {
+        if failed.is_none() {
+            if let Err(e) = bus.send(frame) {
+                failed = Some(e);
+            }
+        }
+    });
+    failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
 fn send(bus: &mut dyn Bus, frame: &[u8]) -> Result<(), InstanceError> {
