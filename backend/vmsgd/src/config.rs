@@ -127,6 +127,28 @@ fn default_max_msg_size() -> u32 {
     vmsg_proto::RECOMMENDED_MAX_MSG_SIZE as u32
 }
 
+/// The I/O engine of a block device, as written in the config.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlkEngine {
+    /// io_uring: many requests in flight per queue, completed
+    /// asynchronously. The default: it is the faster engine on
+    /// `vmsgctl bench blk` (see docs/performance.md).
+    #[default]
+    IoUring,
+    /// `preadv`/`pwritev` on the guest's thread, one request at a time.
+    Sync,
+}
+
+impl From<BlkEngine> for vmsg_devices::blk::engine::Engine {
+    fn from(e: BlkEngine) -> Self {
+        match e {
+            BlkEngine::IoUring => Self::IoUring,
+            BlkEngine::Sync => Self::Sync,
+        }
+    }
+}
+
 /// One `[[guest.device]]`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -138,13 +160,55 @@ pub enum DeviceConfig {
         /// Bytes per second this guest may draw (default: unlimited).
         rate_limit: Option<u64>,
     },
+    /// virtio-blk on a raw image file or a host block device.
+    Blk {
+        /// Device number on the bus (default: the next free one).
+        dev_num: Option<u16>,
+        /// The image file or block device (relative paths are taken from
+        /// the config file's directory).
+        path: PathBuf,
+        /// Refuse writes and offer VIRTIO_BLK_F_RO.
+        #[serde(default)]
+        read_only: bool,
+        /// Open with `O_DIRECT`, bypassing the host page cache.
+        #[serde(default)]
+        direct: bool,
+        /// I/O engine.
+        #[serde(default)]
+        engine: BlkEngine,
+        /// Request queues (more than one offers VIRTIO_BLK_F_MQ).
+        #[serde(default = "default_blk_queues")]
+        num_queues: u16,
+        /// Maximum size of each queue.
+        #[serde(default = "default_blk_queue_size")]
+        queue_size: u16,
+        /// GET_ID string: at most 20 printable ASCII bytes.
+        #[serde(default)]
+        serial: String,
+        /// Start in writeback mode (FLUSH makes writes durable); `false`
+        /// makes every write durable before it completes.
+        #[serde(default = "default_true")]
+        writeback: bool,
+    },
+}
+
+fn default_blk_queues() -> u16 {
+    1
+}
+
+fn default_blk_queue_size() -> u16 {
+    256
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl DeviceConfig {
     /// The configured device number, if any.
     pub fn dev_num(&self) -> Option<u16> {
         match self {
-            DeviceConfig::Rng { dev_num, .. } => *dev_num,
+            DeviceConfig::Rng { dev_num, .. } | DeviceConfig::Blk { dev_num, .. } => *dev_num,
         }
     }
 
@@ -152,6 +216,7 @@ impl DeviceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             DeviceConfig::Rng { .. } => "rng",
+            DeviceConfig::Blk { .. } => "blk",
         }
     }
 }
@@ -256,8 +321,20 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Validate config text; `file` is used for error locations.
+    /// Validate config text; `file` is used for error locations and as the
+    /// base of relative image paths. Block device images are checked on
+    /// this host: they must exist and be usable.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_inner(file, text, true)
+    }
+
+    /// [`Config::parse`] without looking at the host: images need not
+    /// exist (for checking a config meant for another machine).
+    pub fn parse_offline(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_inner(file, text, false)
+    }
+
+    fn parse_inner(file: &Path, text: &str, host_checks: bool) -> Result<Self, ConfigError> {
         let loc = Locator { file, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let message = e.message().trim().to_string();
@@ -276,6 +353,7 @@ impl Config {
         }
         let mut names = BTreeSet::new();
         let mut sockets = BTreeMap::new();
+        let mut images = BTreeMap::new();
         let mut guests = Vec::new();
         for guest in raw.guest {
             let guest_span = guest.span();
@@ -364,7 +442,7 @@ impl Config {
             let mut devices = Vec::new();
             for d in guest.device {
                 let span = d.span();
-                let dev = d.into_inner();
+                let mut dev = d.into_inner();
                 if let DeviceConfig::Rng {
                     rate_limit: Some(0),
                     ..
@@ -392,6 +470,14 @@ impl Config {
                         next
                     }
                 };
+                if let DeviceConfig::Blk { .. } = dev {
+                    let at = Where {
+                        span,
+                        guest: &name,
+                        dev_num,
+                    };
+                    check_blk(&loc, &at, &mut dev, host_checks, &mut images)?;
+                }
                 devices.push((dev_num, dev));
             }
             guests.push(GuestConfig { name, bus, devices });
@@ -409,6 +495,129 @@ impl Config {
             guests,
         })
     }
+}
+
+/// Where a device sits, for error messages.
+struct Where<'a> {
+    span: Range<usize>,
+    guest: &'a str,
+    dev_num: u16,
+}
+
+/// Who uses an image: (guest, device number, read-only).
+type ImageUsers = BTreeMap<PathBuf, (String, u16, bool)>;
+
+/// Validate a `kind = "blk"` device; resolves a relative `path` against the
+/// config file's directory. With `host_checks`, the image must exist and be
+/// a regular file of at least one sector or a block device, and no two
+/// devices may use one image unless all of them are read-only.
+fn check_blk(
+    loc: &Locator<'_>,
+    at: &Where<'_>,
+    dev: &mut DeviceConfig,
+    host_checks: bool,
+    images: &mut ImageUsers,
+) -> Result<(), ConfigError> {
+    use vmsg_devices::blk::{MAX_QUEUES, SERIAL_LEN};
+    let DeviceConfig::Blk {
+        path,
+        read_only,
+        num_queues,
+        queue_size,
+        serial,
+        ..
+    } = dev
+    else {
+        return Ok(());
+    };
+    let err = |message: String, fix: String| loc.error(Some(at.span.clone()), message, fix);
+    if path.as_os_str().is_empty() {
+        return Err(err(
+            "blk path is empty".into(),
+            "set path = \"/var/lib/vmsgd/<guest>.img\" (a raw image file or a block device)".into(),
+        ));
+    }
+    if path.is_relative() {
+        if let Some(dir) = loc.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            *path = dir.join(&*path);
+        }
+    }
+    if *num_queues == 0 || *num_queues > MAX_QUEUES {
+        return Err(err(
+            format!("num_queues {num_queues} is outside 1..={MAX_QUEUES}"),
+            "use 1 (the default) or up to one queue per guest vCPU".into(),
+        ));
+    }
+    if !queue_size.is_power_of_two() || *queue_size < 4 {
+        return Err(err(
+            format!("queue_size {queue_size} is not a power of two in 4..=32768"),
+            "use 256 (the default) or another power of two".into(),
+        ));
+    }
+    if serial.len() > SERIAL_LEN || !serial.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(err(
+            format!("serial {serial:?} is not at most {SERIAL_LEN} printable ASCII characters"),
+            format!("shorten it to {SERIAL_LEN} ASCII letters, digits, punctuation or spaces"),
+        ));
+    }
+    let mut key = path.clone();
+    if host_checks {
+        let create = format!(
+            "create it (e.g. `truncate -s 8G {}`) or correct the path",
+            path.display()
+        );
+        let meta = match std::fs::metadata(&*path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(err(
+                    format!("image {} does not exist", path.display()),
+                    create,
+                ));
+            }
+            Err(e) => {
+                return Err(err(
+                    format!("cannot access image {}: {e}", path.display()),
+                    "check the path and the permissions of the directories leading to it".into(),
+                ));
+            }
+        };
+        use std::os::unix::fs::FileTypeExt;
+        let ft = meta.file_type();
+        if ft.is_file() {
+            if meta.len() < 512 {
+                return Err(err(
+                    format!(
+                        "image {} is {} bytes, less than one 512-byte sector",
+                        path.display(),
+                        meta.len()
+                    ),
+                    format!("grow it (e.g. `truncate -s 8G {}`)", path.display()),
+                ));
+            }
+        } else if !ft.is_block_device() {
+            return Err(err(
+                format!(
+                    "{} is neither a regular file nor a block device",
+                    path.display()
+                ),
+                "point path at a raw image file or a block device".into(),
+            ));
+        }
+        key = std::fs::canonicalize(&*path).unwrap_or(key);
+    }
+    if let Some((guest, dev_num, ro)) = images.get(&key) {
+        if !(*ro && *read_only) {
+            return Err(err(
+                format!(
+                    "image {} is also used by guest {guest:?} device {dev_num}; a second user of a writable image corrupts it",
+                    path.display()
+                ),
+                "give each device its own image, or set read_only = true on every device that uses it".into(),
+            ));
+        }
+    }
+    images.insert(key, (at.guest.to_string(), at.dev_num, *read_only));
+    Ok(())
 }
 
 /// Parse a log level name.
@@ -493,6 +702,179 @@ rate_limit = 4096
         let err = parse(text).expect_err("unknown kind");
         assert!(err.message.contains("gpu"), "{err}");
         assert!(err.line >= 4, "{err}");
+    }
+
+    /// A guest with one blk device on `path` plus `extra` keys, the device
+    /// table on line 4.
+    fn blk_text(path: &Path, extra: &str) -> String {
+        format!(
+            "[[guest]]\nname = \"g\"\nbus = {{ kind = \"local\", socket = \"/s\" }}\n[[guest.device]]\nkind = \"blk\"\npath = \"{}\"\n{extra}",
+            path.display()
+        )
+    }
+
+    fn image(len: u64) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp image");
+        f.as_file().set_len(len).expect("size the image");
+        f
+    }
+
+    #[test]
+    fn blk_defaults() {
+        let img = image(1 << 20);
+        let cfg = parse(&blk_text(img.path(), "")).expect("valid");
+        assert_eq!(
+            cfg.guests[0].devices,
+            vec![(
+                0,
+                DeviceConfig::Blk {
+                    dev_num: None,
+                    path: img.path().to_path_buf(),
+                    read_only: false,
+                    direct: false,
+                    engine: BlkEngine::IoUring,
+                    num_queues: 1,
+                    queue_size: 256,
+                    serial: String::new(),
+                    writeback: true,
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn blk_all_keys() {
+        let img = image(1 << 20);
+        let text = blk_text(
+            img.path(),
+            "dev_num = 3\nread_only = true\ndirect = true\nengine = \"sync\"\nnum_queues = 4\nqueue_size = 64\nserial = \"disk-0\"\nwriteback = false\n",
+        );
+        let cfg = parse(&text).expect("valid");
+        let (
+            n,
+            DeviceConfig::Blk {
+                read_only,
+                direct,
+                engine,
+                num_queues,
+                queue_size,
+                serial,
+                writeback,
+                ..
+            },
+        ) = &cfg.guests[0].devices[0]
+        else {
+            panic!("not a blk device: {cfg:?}");
+        };
+        assert_eq!(*n, 3);
+        assert!(*read_only && *direct && !*writeback);
+        assert_eq!(*engine, BlkEngine::Sync);
+        assert_eq!((*num_queues, *queue_size), (4, 64));
+        assert_eq!(serial, "disk-0");
+    }
+
+    #[test]
+    fn blk_relative_path_is_taken_from_the_config_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("disk.img"), vec![0u8; 4096]).expect("image");
+        let file = dir.path().join("vmsgd.toml");
+        let text = blk_text(Path::new("disk.img"), "");
+        let cfg = Config::parse(&file, &text).expect("valid");
+        match &cfg.guests[0].devices[0].1 {
+            DeviceConfig::Blk { path, .. } => assert_eq!(path, &dir.path().join("disk.img")),
+            d => panic!("not blk: {d:?}"),
+        }
+    }
+
+    #[test]
+    fn blk_errors_are_located_with_a_fix() {
+        let img = image(1 << 20);
+        let small = image(100);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.img");
+        for (path, extra, what, fix) in [
+            (missing.as_path(), "", "does not exist", "truncate -s"),
+            (small.path(), "", "less than one 512-byte sector", "grow it"),
+            (dir.path(), "", "neither a regular file", "raw image"),
+            (Path::new(""), "", "path is empty", "set path"),
+            (img.path(), "num_queues = 0\n", "num_queues 0", "use 1"),
+            (img.path(), "num_queues = 65\n", "num_queues 65", "use 1"),
+            (
+                img.path(),
+                "queue_size = 100\n",
+                "queue_size 100",
+                "power of two",
+            ),
+            (
+                img.path(),
+                "queue_size = 2\n",
+                "queue_size 2",
+                "power of two",
+            ),
+            (
+                img.path(),
+                "serial = \"012345678901234567890\"\n",
+                "printable ASCII",
+                "shorten",
+            ),
+            (
+                img.path(),
+                "serial = \"tab\\there\"\n",
+                "printable ASCII",
+                "shorten",
+            ),
+        ] {
+            let err = parse(&blk_text(path, extra)).expect_err(what);
+            assert!(err.message.contains(what), "{what}: {err}");
+            assert!(err.fix.contains(fix), "{what}: {err}");
+            assert_eq!(err.line, 4, "{what}: located at the device table: {err}");
+        }
+    }
+
+    #[test]
+    fn blk_bad_engine_and_unknown_key() {
+        let img = image(1 << 20);
+        let err = parse(&blk_text(img.path(), "engine = \"aio\"\n")).expect_err("engine");
+        assert!(err.message.contains("aio"), "{err}");
+        assert!(err.message.contains("io-uring"), "lists the engines: {err}");
+        assert!(err.fix.contains("values the message lists"), "{err}");
+        let err = parse(&blk_text(img.path(), "cache = \"none\"\n")).expect_err("key");
+        assert!(err.message.contains("cache"), "{err}");
+        assert!(err.message.contains("writeback"), "lists the keys: {err}");
+        let err = parse(&blk_text(img.path(), "read_only = \"yes\"\n")).expect_err("type");
+        assert!(err.line > 0, "{err}");
+    }
+
+    #[test]
+    fn blk_image_shared_only_read_only() {
+        let img = image(1 << 20);
+        let two = |a: &str, b: &str| {
+            format!(
+                "[[guest]]\nname = \"a\"\nbus = {{ kind = \"local\", socket = \"/a\" }}\n[[guest.device]]\nkind = \"blk\"\npath = \"{p}\"\n{a}\n[[guest]]\nname = \"b\"\nbus = {{ kind = \"local\", socket = \"/b\" }}\n[[guest.device]]\nkind = \"blk\"\npath = \"{p}\"\n{b}\n",
+                p = img.path().display()
+            )
+        };
+        parse(&two("read_only = true", "read_only = true")).expect("two readers are fine");
+        for (a, b) in [("", ""), ("read_only = true", ""), ("", "read_only = true")] {
+            let err = parse(&two(a, b)).expect_err("a writer and another user");
+            assert!(err.message.contains("also used by guest \"a\""), "{err}");
+            assert_eq!(err.line, 11, "{err}");
+            assert!(err.fix.contains("own image"), "{err}");
+        }
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../dom0-config/vmsgd.toml");
+        let cfg = Config::parse_offline(Path::new("dom0-config/vmsgd.toml"), text)
+            .expect("the shipped example parses");
+        assert!(
+            cfg.guests
+                .iter()
+                .flat_map(|g| &g.devices)
+                .any(|(_, d)| d.kind() == "blk"),
+            "the example shows a blk device"
+        );
     }
 
     #[test]

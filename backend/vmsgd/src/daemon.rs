@@ -15,6 +15,7 @@ use vmsg_backend::instance::{
     DeviceList, GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
 };
 use vmsg_backend::local::{LocalBusError, LocalBusListener, LocalServerOptions};
+use vmsg_devices::blk::{BlkConfig, BlkDevice, BlkError};
 use vmsg_devices::rng::{HostEntropy, RngDevice, RngError};
 
 use crate::config::{BusConfig, Config, DeviceConfig, GuestConfig};
@@ -22,7 +23,7 @@ use crate::config::{BusConfig, Config, DeviceConfig, GuestConfig};
 /// Errors starting or running the daemon.
 #[derive(Debug, Error)]
 pub enum DaemonError {
-    /// A device could not be created.
+    /// An rng device could not be created.
     #[error("guest {guest}: device {dev_num} ({kind}): {source}")]
     Device {
         guest: String,
@@ -30,6 +31,15 @@ pub enum DaemonError {
         kind: &'static str,
         #[source]
         source: RngError,
+    },
+    /// A block device could not be created (image not openable, io_uring
+    /// unavailable, bad geometry).
+    #[error("guest {guest}: device {dev_num} (blk): {source}")]
+    Blk {
+        guest: String,
+        dev_num: u16,
+        #[source]
+        source: BlkError,
     },
     /// The guest's bus could not be set up.
     #[error("guest {guest}: bus socket {path}: {source}")]
@@ -75,6 +85,37 @@ pub fn build_devices(guest: &GuestConfig) -> Result<DeviceList, DaemonError> {
                         source,
                     })?,
                 ),
+                DeviceConfig::Blk {
+                    path,
+                    read_only,
+                    direct,
+                    engine,
+                    num_queues,
+                    queue_size,
+                    serial,
+                    writeback,
+                    ..
+                } => {
+                    let blk = BlkConfig {
+                        path: path.clone(),
+                        read_only: *read_only,
+                        direct: *direct,
+                        engine: (*engine).into(),
+                        num_queues: *num_queues,
+                        queue_size: *queue_size,
+                        serial: serial.clone(),
+                        writeback: *writeback,
+                    };
+                    Box::new(
+                        BlkDevice::new(format!("{}/blk{dev_num}", guest.name), &blk).map_err(
+                            |source| DaemonError::Blk {
+                                guest: guest.name.clone(),
+                                dev_num: *dev_num,
+                                source,
+                            },
+                        )?,
+                    )
+                }
             };
             Ok((*dev_num, dev))
         })
