@@ -101,9 +101,9 @@ pub(crate) fn connect_with(socket: &Path, polling: bool) -> Result<Box<dyn Drive
         polling,
         ..Default::default()
     };
-    Ok(Box::new(vmsg_driver::local::LocalDriverBus::connect(
-        socket, &opts,
-    )?))
+    let bus = vmsg_driver::local::LocalDriverBus::connect(socket, &opts)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    Ok(Box::new(bus))
 }
 
 fn probe(socket: &Path) -> Result<ExitCode, AnyError> {
