@@ -6,11 +6,13 @@
 //!   model, its transport state machine and its virtqueues.
 //! - [`instance`]: a guest's device table and the event loop serving it.
 //! - [`local`]: the built-in local bus (Unix socket + memfd + eventfds).
+//! - [`fake`]: an in-memory bus for tests and fuzzing.
 //!
 //! See `docs/architecture.md` for the whole picture.
 
 pub mod bus;
 pub mod device;
+pub mod fake;
 pub mod instance;
 pub mod local;
 pub mod memory;

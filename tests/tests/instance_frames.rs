@@ -3,75 +3,11 @@
 //! instance, every valid request is answered exactly once, in order, and the
 //! drop counters account for every dropped frame.
 
-use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
-
 use proptest::prelude::*;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
-use vmsg_backend::bus::{Bus, BusCounters, BusError};
+use vmsg_backend::fake::FakeBus;
 use vmsg_backend::instance::{GuestInstance, InstanceOptions};
-use vmsg_backend::memory::GuestMemoryHandle;
 use vmsg_devices::rng::{HostEntropy, RngDevice};
 use vmsg_proto::{Codec, Profile};
-
-/// A test-only bus: frames in a queue, memory in anonymous mappings.
-struct FakeBus {
-    out: VecDeque<Vec<u8>>,
-    mem: GuestMemoryHandle,
-    doorbell: EventFd,
-}
-
-impl FakeBus {
-    fn new() -> Self {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x4000_0000), 1 << 20)])
-            .expect("anonymous guest memory");
-        Self {
-            out: VecDeque::new(),
-            mem: Arc::new(mem),
-            doorbell: EventFd::new(0).expect("eventfd"),
-        }
-    }
-}
-
-impl Bus for FakeBus {
-    fn max_msg_size(&self) -> usize {
-        264
-    }
-    fn transport_features(&self) -> u32 {
-        0
-    }
-    fn doorbell_fd(&self) -> RawFd {
-        self.doorbell.as_raw_fd()
-    }
-    fn ack_doorbell(&mut self) -> Result<(), BusError> {
-        Ok(())
-    }
-    fn control_fd(&self) -> Option<RawFd> {
-        None
-    }
-    fn handle_control(&mut self) -> Result<(), BusError> {
-        Ok(())
-    }
-    fn recv(&mut self, _buf: &mut [u8]) -> Result<Option<usize>, BusError> {
-        Ok(None)
-    }
-    fn send(&mut self, frame: &[u8]) -> Result<(), BusError> {
-        assert!(
-            frame.len() <= 264,
-            "device frames stay within the bus maximum"
-        );
-        self.out.push_back(frame.to_vec());
-        Ok(())
-    }
-    fn memory(&self) -> GuestMemoryHandle {
-        self.mem.clone()
-    }
-    fn counters(&self) -> BusCounters {
-        BusCounters::default()
-    }
-}
 
 fn instance() -> GuestInstance {
     let rng = RngDevice::new("rng", Box::new(HostEntropy), None).expect("rng");
@@ -92,7 +28,7 @@ fn frame(ty: u8, id: u8, dev: u16, token: u16, payload: &[u8]) -> Vec<u8> {
 fn malformed_frames_are_dropped_and_counted_by_reason() {
     let codec = Codec::new(Profile::V2, 264).expect("codec");
     let mut inst = instance();
-    let mut bus = FakeBus::new();
+    let mut bus = FakeBus::new(264, 0x4000_0000, 1 << 20).expect("fake bus");
     let mut out = vec![0u8; 264];
     inst.attach(&bus).expect("attach");
     let cases: Vec<Vec<u8>> = vec![
@@ -126,9 +62,9 @@ fn malformed_frames_are_dropped_and_counted_by_reason() {
     )
     .expect("response to device");
     assert!(
-        bus.out.is_empty(),
+        bus.sent.is_empty(),
         "nothing is ever answered: {:?}",
-        bus.out
+        bus.sent
     );
     let stats = inst.stats();
     assert_eq!(stats.drops.malformed, 7, "{stats:?}");
@@ -150,7 +86,7 @@ fn bus_messages_ping_and_get_devices() {
         vec![(0, rng(0)), (2, rng(2)), (5, rng(5)), (40, rng(40))],
     )
     .expect("instance");
-    let mut bus = FakeBus::new();
+    let mut bus = FakeBus::new(264, 0x4000_0000, 1 << 20).expect("fake bus");
     inst.attach(&bus).expect("attach");
     let mut out = vec![0u8; 264];
     inst.on_frame(
@@ -161,7 +97,7 @@ fn bus_messages_ping_and_get_devices() {
     )
     .expect("ping");
     assert_eq!(
-        bus.out.pop_front().expect("pong"),
+        bus.sent.pop_front().expect("pong"),
         frame(0x03, 0x03, 0, 77, &0xDEADBEEFu32.to_le_bytes())
     );
     // §4.1's example: offset 0, count 16 -> bitmap 0x25 0x00 (devices 0, 2, 5).
@@ -169,7 +105,7 @@ fn bus_messages_ping_and_get_devices() {
     req.extend_from_slice(&16u16.to_le_bytes());
     inst.on_frame(&codec, &frame(0x02, 0x02, 0, 3, &req), &mut bus, &mut out)
         .expect("get_devices");
-    let r = bus.out.pop_front().expect("devices");
+    let r = bus.sent.pop_front().expect("devices");
     assert_eq!(&r[..8], &[0x03, 0x02, 0, 0, 3, 0, (r.len()) as u8, 0]);
     let offset = u16::from_le_bytes([r[8], r[9]]);
     let next = u16::from_le_bytes([r[10], r[11]]);
@@ -187,7 +123,7 @@ fn bus_messages_ping_and_get_devices() {
         &mut out,
     )
     .expect("bad ping");
-    assert!(bus.out.is_empty());
+    assert!(bus.sent.is_empty());
 }
 
 proptest! {
@@ -203,7 +139,7 @@ proptest! {
          any::<bool>()), 1..48)) {
         let codec = Codec::new(Profile::V2, 264).expect("codec");
         let mut inst = instance();
-        let mut bus = FakeBus::new();
+        let mut bus = FakeBus::new(264, 0x4000_0000, 1 << 20).expect("fake bus");
         inst.attach(&bus).expect("attach");
         let mut out = vec![0u8; 264];
         let mut expected_responses = 0u64;
@@ -212,9 +148,9 @@ proptest! {
             if lie_about_size {
                 f[6] = payload.len() as u8;
             }
-            let before = bus.out.len();
+            let before = bus.sent.len();
             inst.on_frame(&codec, &f, &mut bus, &mut out).expect("on_frame never fails on guest input");
-            let answered: Vec<_> = bus.out.range(before..).filter(|r| r[0] & 1 == 1).cloned().collect();
+            let answered: Vec<_> = bus.sent.range(before..).filter(|r| r[0] & 1 == 1).cloned().collect();
             prop_assert!(answered.len() <= 1, "at most one response per frame");
             if let Some(r) = answered.first() {
                 expected_responses += 1;
@@ -226,7 +162,7 @@ proptest! {
         let stats = inst.stats();
         let dropped = stats.drops.malformed + stats.drops.unknown_device + stats.drops.unexpected
             + stats.drops.device_dropped + stats.drops.bus_unhandled;
-        let answered = bus.out.iter().filter(|r| r[0] & 1 == 1).count() as u64;
+        let answered = bus.sent.iter().filter(|r| r[0] & 1 == 1).count() as u64;
         prop_assert_eq!(answered, expected_responses);
         // Every frame is answered, dropped and counted, or a valid event.
         prop_assert!(answered + dropped <= stats.frames);
