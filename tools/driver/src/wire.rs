@@ -1,9 +1,16 @@
-//! Wire encoding and decoding of virtio-msg spec v2 frames.
+//! Wire encoding and decoding of virtio-msg frames in the three wire
+//! generations deployed peers speak ([`Profile`]).
 //!
 //! Written from the layout tables of the reference (§1 header, §3 transport
-//! messages, §4 bus messages). Every multi-byte field is little-endian and
-//! structures are packed; offsets in the payload tables are relative to the
-//! payload, which starts after the 8-byte header.
+//! messages, §4 bus messages, §7 version history) and the interop notes
+//! (interop §2: generations G2 = RFC2, G3 = PATCH v1, G4 = spec v2). Every
+//! multi-byte field is little-endian and structures are packed; offsets in
+//! the payload tables are relative to the payload, which starts after the
+//! header (8 bytes, 6 for RFC2).
+//!
+//! The typed API ([`Request`], [`Response`], [`DeviceInfo`], [`VqueueInfo`],
+//! [`SetVqueue`]) has the v2 shape; the `*_for(profile, ..)` functions map it
+//! onto the older layouts. The functions without a profile speak v2.
 //!
 //! The module is symmetric (requests, responses and events can be both encoded
 //! and decoded) so the test-only fake device and the byte examples of §9 can be
@@ -12,14 +19,138 @@
 
 use std::fmt;
 
-/// Size of the common message header (§1).
+/// Size of the common message header (§1; v2 and v1).
 pub const HEADER_SIZE: usize = 8;
+/// Size of the RFC2 header: type, msg_id, dev_num, msg_size (interop §2.1, no token).
+pub const RFC2_HEADER_SIZE: usize = 6;
 /// Smallest maximum message size a v2 bus may advertise (§1: 8 + 44).
 pub const MIN_MAX_MSG_SIZE: usize = 52;
 /// Largest maximum message size of the v2 protocol range (§1).
 pub const MAX_MAX_MSG_SIZE: usize = 65535;
 /// The "recommended" maximum message size (§1: 8 + 256).
 pub const RECOMMENDED_MAX_MSG_SIZE: usize = 264;
+
+/// Wire generation of a bus instance (interop §2.1, reference §7).
+///
+/// Every draft calls itself "transport revision 1", so nothing on the wire
+/// tells them apart: the profile is a property of the bus instance that both
+/// sides are configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Profile {
+    /// Spec v2 (2026, "G4"): 8-byte header with token, 44-byte
+    /// GET_DEVICE_INFO response, vqueue `flags`, 64-bit GET_SHM, GET_DEVICES
+    /// response (offset, next_offset, count).
+    #[default]
+    V2,
+    /// PATCH v1 (Jan 2026, "G3"): 8-byte header with token, 24-byte
+    /// GET_DEVICE_INFO (num_feature_bits, le16 admin fields), reserved words
+    /// in GET/SET_VQUEUE, 3×le32 GET_SHM, GET_DEVICES response (offset, count,
+    /// next_offset) on 8-aligned windows. SET_VQUEUE enables the queue, reset
+    /// completes synchronously, SET_CONFIG generations are always checked.
+    V1,
+    /// RFC2 (Jun 2025, "G2", the Linux RFC kernels): 6-byte header without
+    /// token, v1 field layouts except unaligned 36-byte GET/SET_VQUEUE
+    /// payloads, fixed-size frames (44 bytes on Linux). One request
+    /// outstanding at a time; responses correlate by dev_num and msg_id.
+    Rfc2,
+}
+
+impl Profile {
+    /// Every profile.
+    pub const ALL: [Profile; 3] = [Profile::V2, Profile::V1, Profile::Rfc2];
+
+    /// Header length: 8, or 6 for RFC2.
+    pub fn header_size(self) -> usize {
+        match self {
+            Profile::V2 | Profile::V1 => HEADER_SIZE,
+            Profile::Rfc2 => RFC2_HEADER_SIZE,
+        }
+    }
+
+    /// Whether the header carries a token.
+    pub fn has_token(self) -> bool {
+        self != Profile::Rfc2
+    }
+
+    /// Smallest bus maximum this driver accepts: the largest fixed-size
+    /// message of the profile must fit (v2: GET_DEVICE_INFO response, 52;
+    /// v1: GET/SET_VQUEUE, 48 although the v1 text says 44; RFC2: 44).
+    pub fn min_max_msg_size(self) -> usize {
+        match self {
+            Profile::V2 => MIN_MAX_MSG_SIZE,
+            Profile::V1 => 48,
+            Profile::Rfc2 => 44,
+        }
+    }
+
+    /// RFC2 buses carry fixed-size frames: whole frames of the bus maximum,
+    /// `msg_size` giving the real length, zero padding after it.
+    pub fn fixed_frames(self) -> bool {
+        self == Profile::Rfc2
+    }
+
+    /// The SET_VQUEUE semantics of v2 (state op, ignore bits, reserved word)
+    /// exist; older profiles have plain reserved words and a SET_VQUEUE that
+    /// always configures and enables.
+    pub fn has_vqueue_flags(self) -> bool {
+        self == Profile::V2
+    }
+
+    /// Config name: `v2`, `v1` or `rfc2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::V2 => "v2",
+            Profile::V1 => "v1",
+            Profile::Rfc2 => "rfc2",
+        }
+    }
+
+    /// GET_DEVICE_INFO response payload length (v2 44, v1/RFC2 24).
+    pub fn device_info_size(self) -> usize {
+        match self {
+            Profile::V2 => 44,
+            Profile::V1 | Profile::Rfc2 => 24,
+        }
+    }
+
+    /// GET_VQUEUE response / SET_VQUEUE request payload length (RFC2 36, else 40).
+    pub fn vqueue_size(self) -> usize {
+        match self {
+            Profile::V2 | Profile::V1 => 40,
+            Profile::Rfc2 => 36,
+        }
+    }
+
+    /// GET_SHM response payload length (v2 24, v1/RFC2 12).
+    pub fn shm_size(self) -> usize {
+        match self {
+            Profile::V2 => 24,
+            Profile::V1 | Profile::Rfc2 => 12,
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = WireError;
+
+    fn from_str(s: &str) -> Result<Self, WireError> {
+        match s {
+            "v2" => Ok(Profile::V2),
+            "v1" => Ok(Profile::V1),
+            "rfc2" => Ok(Profile::Rfc2),
+            _ => Err(WireError::Invalid {
+                name: "profile",
+                what: format!("unknown wire profile {s:?} (v2, v1 or rfc2)"),
+            }),
+        }
+    }
+}
 
 /// Bits of the header `type` byte (§1).
 pub mod ty {
@@ -165,11 +296,13 @@ pub mod device_bus_state {
 /// Errors decoding or validating frames.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    /// Fewer bytes than the 8-byte header.
-    #[error("frame of {len} bytes is shorter than the 8-byte header")]
+    /// Fewer bytes than the header.
+    #[error("frame of {len} bytes is shorter than the {need}-byte header")]
     ShortFrame {
         /// Bytes available.
         len: usize,
+        /// Header size of the profile.
+        need: usize,
     },
     /// `msg_size` below the header size.
     #[error("msg_size {msg_size} is below the header size")]
@@ -276,7 +409,7 @@ impl Namespace {
     }
 }
 
-/// The common 8-byte header (§1).
+/// The message header (§1; RFC2 has no token, interop §2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// `type` byte, including reserved bits as received.
@@ -285,7 +418,8 @@ pub struct Header {
     pub msg_id: u8,
     /// `dev_num`.
     pub dev_num: u16,
-    /// `token`.
+    /// `token` (0 on RFC2, which has none; see [`crate::driver::Received`]
+    /// for how the driver fills it in after correlating).
     pub token: u16,
     /// `msg_size` (total length including the header).
     pub msg_size: u16,
@@ -311,7 +445,7 @@ impl Header {
         !self.is_response() && self.msg_id & id_bits::EVENT != 0
     }
 
-    /// Encodes the header.
+    /// Encodes the v2 header.
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[0] = self.ty;
@@ -322,28 +456,67 @@ impl Header {
         b
     }
 
-    /// Decodes the first 8 bytes; no check of `msg_size` against anything.
-    pub fn decode(bytes: &[u8]) -> Result<Header, WireError> {
-        if bytes.len() < HEADER_SIZE {
-            return Err(WireError::ShortFrame { len: bytes.len() });
+    /// Encodes the header of `profile` (RFC2: the token is not sent).
+    pub fn encode_for(&self, profile: Profile) -> Vec<u8> {
+        match profile {
+            Profile::V2 | Profile::V1 => self.encode().to_vec(),
+            Profile::Rfc2 => {
+                let mut b = vec![self.ty, self.msg_id];
+                b.extend_from_slice(&self.dev_num.to_le_bytes());
+                b.extend_from_slice(&self.msg_size.to_le_bytes());
+                b
+            }
         }
-        Ok(Header {
-            ty: bytes[0],
-            msg_id: bytes[1],
-            dev_num: u16::from_le_bytes([bytes[2], bytes[3]]),
-            token: u16::from_le_bytes([bytes[4], bytes[5]]),
-            msg_size: u16::from_le_bytes([bytes[6], bytes[7]]),
+    }
+
+    /// Decodes the first 8 bytes (v2); no check of `msg_size` against anything.
+    pub fn decode(bytes: &[u8]) -> Result<Header, WireError> {
+        Self::decode_for(Profile::V2, bytes)
+    }
+
+    /// Decodes the header of `profile`; no check of `msg_size` against anything.
+    pub fn decode_for(profile: Profile, bytes: &[u8]) -> Result<Header, WireError> {
+        let need = profile.header_size();
+        if bytes.len() < need {
+            return Err(WireError::ShortFrame {
+                len: bytes.len(),
+                need,
+            });
+        }
+        let le16 = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+        Ok(match profile {
+            Profile::V2 | Profile::V1 => Header {
+                ty: bytes[0],
+                msg_id: bytes[1],
+                dev_num: le16(2),
+                token: le16(4),
+                msg_size: le16(6),
+            },
+            Profile::Rfc2 => Header {
+                ty: bytes[0],
+                msg_id: bytes[1],
+                dev_num: le16(2),
+                token: 0,
+                msg_size: le16(4),
+            },
         })
     }
 }
 
-/// Splits a received frame into header and payload (§9.1 checks).
+/// Splits a received v2 frame into header and payload (§9.1 checks).
 ///
 /// Bytes past `msg_size` are bus padding and are ignored (§1).
 pub fn split_frame(bytes: &[u8]) -> Result<(Header, &[u8]), WireError> {
-    let h = Header::decode(bytes)?;
+    split_frame_for(Profile::V2, bytes)
+}
+
+/// Splits a received frame of `profile` into header and payload: the header
+/// fits, `header ≤ msg_size ≤ bytes received`; bytes past `msg_size` are
+/// padding (§1; on RFC2 buses every frame is padded to the bus maximum).
+pub fn split_frame_for(profile: Profile, bytes: &[u8]) -> Result<(Header, &[u8]), WireError> {
+    let h = Header::decode_for(profile, bytes)?;
     let size = usize::from(h.msg_size);
-    if size < HEADER_SIZE {
+    if size < profile.header_size() {
         return Err(WireError::MsgSizeBelowHeader {
             msg_size: h.msg_size,
         });
@@ -354,7 +527,7 @@ pub fn split_frame(bytes: &[u8]) -> Result<(Header, &[u8]), WireError> {
             len: bytes.len(),
         });
     }
-    Ok((h, &bytes[HEADER_SIZE..size]))
+    Ok((h, &bytes[profile.header_size()..size]))
 }
 
 /// Little-endian payload reader with length checks.
@@ -432,7 +605,7 @@ impl Wr {
     }
 }
 
-/// Builds a complete frame: header with the exact `msg_size` followed by `payload`.
+/// Builds a complete v2 frame: header with the exact `msg_size` followed by `payload`.
 pub fn build_frame(
     ty_bits: u8,
     msg_id: u8,
@@ -440,7 +613,20 @@ pub fn build_frame(
     token: u16,
     payload: &[u8],
 ) -> Result<Vec<u8>, WireError> {
-    let size = HEADER_SIZE + payload.len();
+    build_frame_for(Profile::V2, ty_bits, msg_id, dev_num, token, payload)
+}
+
+/// Builds a complete frame of `profile` with the exact `msg_size` (no padding;
+/// see [`pad_frame`]). RFC2 drops the token.
+pub fn build_frame_for(
+    profile: Profile,
+    ty_bits: u8,
+    msg_id: u8,
+    dev_num: u16,
+    token: u16,
+    payload: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    let size = profile.header_size() + payload.len();
     let msg_size = u16::try_from(size).map_err(|_| WireError::TooLarge { size })?;
     let h = Header {
         ty: ty_bits,
@@ -450,9 +636,18 @@ pub fn build_frame(
         msg_size,
     };
     let mut v = Vec::with_capacity(size);
-    v.extend_from_slice(&h.encode());
+    v.extend_from_slice(&h.encode_for(profile));
     v.extend_from_slice(payload);
     Ok(v)
+}
+
+/// Pads `frame` with zeros to `frame_size` (RFC2 fixed-size frames; a frame
+/// already that long or longer is left alone).
+pub fn pad_frame(mut frame: Vec<u8>, frame_size: usize) -> Vec<u8> {
+    if frame.len() < frame_size {
+        frame.resize(frame_size, 0);
+    }
+    frame
 }
 
 /// SET_VQUEUE request body (§3.10).
@@ -514,6 +709,19 @@ impl VqueueInfo {
             && self.desc_addr == 0
             && self.driver_addr == 0
             && self.device_addr == 0
+    }
+
+    /// [`VqueueInfo::check_consistency`] for `profile`: on v1 `flags` holds
+    /// the reserved word at payload offset 12, which must be 0 (RFC2 has no
+    /// such word and decodes it as 0).
+    pub fn check_consistency_for(&self, profile: Profile) -> Result<(), String> {
+        if !profile.has_vqueue_flags() && self.flags != 0 {
+            return Err(format!(
+                "reserved word {:#x} is not 0 ({profile} GET_VQUEUE)",
+                self.flags
+            ));
+        }
+        self.check_consistency()
     }
 
     /// The consistency checks the Linux v2 driver applies (§3.9); `Err` says which failed.
@@ -671,8 +879,17 @@ impl Request {
         message_name(self.namespace(), self.msg_id())
     }
 
-    /// Encoded payload (without header).
+    /// Encoded v2 payload (without header).
     pub fn payload(&self) -> Vec<u8> {
+        self.payload_for(Profile::V2)
+    }
+
+    /// Encoded payload in the layout of `profile` (without header).
+    ///
+    /// v1 SET_VQUEUE: `flags` goes into `reserved0` and `reserved` into
+    /// `reserved1` (both 0 from a conforming driver). RFC2 SET_VQUEUE:
+    /// `flags` goes into the `unused` word at 4, `reserved` is not sent.
+    pub fn payload_for(&self, profile: Profile) -> Vec<u8> {
         let w = Wr::default();
         match self {
             Request::GetDeviceInfo | Request::GetDeviceStatus => w,
@@ -696,14 +913,14 @@ impl Request {
                 .bytes(data),
             Request::SetDeviceStatus { status } => w.u32(*status),
             Request::GetVqueue { index } | Request::ResetVqueue { index } => w.u32(*index),
-            Request::SetVqueue(s) => w
-                .u32(s.index)
-                .u32(s.flags)
-                .u32(s.size)
-                .u32(s.reserved)
-                .u64(s.desc_addr)
-                .u64(s.driver_addr)
-                .u64(s.device_addr),
+            Request::SetVqueue(s) => {
+                let w = w.u32(s.index).u32(s.flags).u32(s.size);
+                let w = match profile {
+                    Profile::V2 | Profile::V1 => w.u32(s.reserved),
+                    Profile::Rfc2 => w,
+                };
+                w.u64(s.desc_addr).u64(s.driver_addr).u64(s.device_addr)
+            }
             Request::GetShm { shmid } => w.u32(*shmid),
             Request::GetDevices { offset, count } => w.u16(*offset).u16(*count),
             Request::Ping { data } => w.u32(*data),
@@ -711,24 +928,40 @@ impl Request {
         .0
     }
 
-    /// Encodes the complete frame. Bus messages always carry dev_num 0 (§4).
+    /// Encodes the complete v2 frame. Bus messages always carry dev_num 0 (§4).
     pub fn encode(&self, dev_num: u16, token: u16) -> Result<Vec<u8>, WireError> {
+        self.encode_for(Profile::V2, dev_num, token)
+    }
+
+    /// Encodes the complete frame of `profile`, unpadded (RFC2 drops the token).
+    pub fn encode_for(
+        &self,
+        profile: Profile,
+        dev_num: u16,
+        token: u16,
+    ) -> Result<Vec<u8>, WireError> {
         let dev_num = if self.namespace() == Namespace::Bus {
             0
         } else {
             dev_num
         };
-        build_frame(
+        build_frame_for(
+            profile,
             self.namespace().type_bits(),
             self.msg_id(),
             dev_num,
             token,
-            &self.payload(),
+            &self.payload_for(profile),
         )
     }
 
-    /// Fixed request payload size (the minimum a device must accept, §9.3).
+    /// Fixed v2 request payload size (the minimum a device must accept, §9.3).
     pub fn fixed_payload(ns: Namespace, msg_id: u8) -> Option<usize> {
+        Self::fixed_payload_for(Profile::V2, ns, msg_id)
+    }
+
+    /// Fixed request payload size in `profile` (RFC2 SET_VQUEUE is 36 bytes).
+    pub fn fixed_payload_for(profile: Profile, ns: Namespace, msg_id: u8) -> Option<usize> {
         Some(match (ns, msg_id) {
             (Namespace::Transport, msg::GET_DEVICE_INFO | msg::GET_DEVICE_STATUS) => 0,
             (
@@ -740,21 +973,27 @@ impl Request {
                 Namespace::Transport,
                 msg::SET_DEVICE_STATUS | msg::GET_VQUEUE | msg::RESET_VQUEUE | msg::GET_SHM,
             ) => 4,
-            (Namespace::Transport, msg::SET_VQUEUE) => 40,
+            (Namespace::Transport, msg::SET_VQUEUE) => profile.vqueue_size(),
             (Namespace::Transport, msg::EVENT_AVAIL) => 8,
             (Namespace::Bus, bus_msg::GET_DEVICES | bus_msg::PING) => 4,
             _ => return None,
         })
     }
 
-    /// Decodes a request payload (device side; used by the test fake and round-trip tests).
+    /// Decodes a v2 request payload (device side; used by the test fake and round-trip tests).
     pub fn decode(h: &Header, p: &[u8]) -> Result<Request, WireError> {
+        Self::decode_for(Profile::V2, h, p)
+    }
+
+    /// Decodes a request payload of `profile`.
+    pub fn decode_for(profile: Profile, h: &Header, p: &[u8]) -> Result<Request, WireError> {
         let ns = h.namespace();
         let name = message_name(ns, h.msg_id);
-        let fixed = Request::fixed_payload(ns, h.msg_id).ok_or(WireError::UnknownMsgId {
-            ns,
-            msg_id: h.msg_id,
-        })?;
+        let fixed =
+            Request::fixed_payload_for(profile, ns, h.msg_id).ok_or(WireError::UnknownMsgId {
+                ns,
+                msg_id: h.msg_id,
+            })?;
         let r = Rd::new(name, p, fixed)?;
         Ok(match (ns, h.msg_id) {
             (Namespace::Transport, msg::GET_DEVICE_INFO) => Request::GetDeviceInfo,
@@ -785,14 +1024,25 @@ impl Request {
             (Namespace::Transport, msg::GET_VQUEUE) => Request::GetVqueue { index: r.u32(0) },
             (Namespace::Transport, msg::RESET_VQUEUE) => Request::ResetVqueue { index: r.u32(0) },
             (Namespace::Transport, msg::GET_SHM) => Request::GetShm { shmid: r.u32(0) },
-            (Namespace::Transport, msg::SET_VQUEUE) => Request::SetVqueue(SetVqueue {
-                index: r.u32(0),
-                flags: r.u32(4),
-                size: r.u32(8),
-                reserved: r.u32(12),
-                desc_addr: r.u64(16),
-                driver_addr: r.u64(24),
-                device_addr: r.u64(32),
+            (Namespace::Transport, msg::SET_VQUEUE) => Request::SetVqueue(match profile {
+                Profile::V2 | Profile::V1 => SetVqueue {
+                    index: r.u32(0),
+                    flags: r.u32(4),
+                    size: r.u32(8),
+                    reserved: r.u32(12),
+                    desc_addr: r.u64(16),
+                    driver_addr: r.u64(24),
+                    device_addr: r.u64(32),
+                },
+                Profile::Rfc2 => SetVqueue {
+                    index: r.u32(0),
+                    flags: r.u32(4),
+                    size: r.u32(8),
+                    reserved: 0,
+                    desc_addr: r.u64(12),
+                    driver_addr: r.u64(20),
+                    device_addr: r.u64(28),
+                },
             }),
             (Namespace::Bus, bus_msg::GET_DEVICES) => Request::GetDevices {
                 offset: r.u16(0),
@@ -959,10 +1209,15 @@ impl Response {
         }
     }
 
-    /// Minimum response payload for (namespace, msg_id): the fixed part (§3, §4).
+    /// Minimum v2 response payload for (namespace, msg_id): the fixed part (§3, §4).
     pub fn min_payload(ns: Namespace, msg_id: u8) -> Option<usize> {
+        Self::min_payload_for(Profile::V2, ns, msg_id)
+    }
+
+    /// Minimum response payload for (namespace, msg_id) in `profile`.
+    pub fn min_payload_for(profile: Profile, ns: Namespace, msg_id: u8) -> Option<usize> {
         Some(match (ns, msg_id) {
-            (Namespace::Transport, msg::GET_DEVICE_INFO) => 44,
+            (Namespace::Transport, msg::GET_DEVICE_INFO) => profile.device_info_size(),
             (Namespace::Transport, msg::GET_DEVICE_FEATURES) => 8,
             (
                 Namespace::Transport,
@@ -970,18 +1225,65 @@ impl Response {
             ) => 0,
             (Namespace::Transport, msg::GET_CONFIG | msg::SET_CONFIG) => 12,
             (Namespace::Transport, msg::GET_DEVICE_STATUS | msg::SET_DEVICE_STATUS) => 4,
-            (Namespace::Transport, msg::GET_VQUEUE) => 40,
-            (Namespace::Transport, msg::GET_SHM) => 24,
+            (Namespace::Transport, msg::GET_VQUEUE) => profile.vqueue_size(),
+            (Namespace::Transport, msg::GET_SHM) => profile.shm_size(),
             (Namespace::Bus, bus_msg::GET_DEVICES) => 6,
             (Namespace::Bus, bus_msg::PING) => 4,
             _ => return None,
         })
     }
 
-    /// Encoded payload.
+    /// Encoded v2 payload.
     pub fn payload(&self) -> Vec<u8> {
+        // v2 can express every value of the typed API.
+        self.payload_for(Profile::V2).unwrap_or_default()
+    }
+
+    /// Encoded payload in the layout of `profile`. Fails when a value does
+    /// not fit the older layout (feature bits, le16 admin fields, 32-bit
+    /// GET_SHM values).
+    pub fn payload_for(&self, profile: Profile) -> Result<Vec<u8>, WireError> {
         let w = Wr::default();
-        match self {
+        let old = profile != Profile::V2;
+        let narrow = |name, field: &str, v: u64, max: u64| {
+            if v > max {
+                Err(WireError::Invalid {
+                    name,
+                    what: format!("{field} {v:#x} does not fit the {profile} layout"),
+                })
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(match self {
+            Response::DeviceInfo(i) if old => {
+                let n = "GET_DEVICE_INFO";
+                let bits = narrow(
+                    n,
+                    "num_feature_blocks",
+                    u64::from(i.num_feature_blocks) * 32,
+                    u64::from(u32::MAX),
+                )?;
+                let start = narrow(
+                    n,
+                    "admin_vq_start",
+                    i.admin_vq_start.into(),
+                    u16::MAX.into(),
+                )?;
+                let count = narrow(
+                    n,
+                    "admin_vq_count",
+                    i.admin_vq_count.into(),
+                    u16::MAX.into(),
+                )?;
+                w.u32(i.device_id)
+                    .u32(i.vendor_id)
+                    .u32(bits as u32)
+                    .u32(i.config_size)
+                    .u32(i.max_virtqueues)
+                    .u16(start as u16)
+                    .u16(count as u16)
+            }
             Response::DeviceInfo(i) => w
                 .u32(i.device_id)
                 .u32(i.vendor_id)
@@ -1014,14 +1316,25 @@ impl Response {
             Response::DeviceStatus { status } | Response::SetDeviceStatus { status } => {
                 w.u32(*status)
             }
-            Response::Vqueue(q) => w
-                .u32(q.index)
-                .u32(q.max_size)
-                .u32(q.cur_size)
-                .u32(q.flags)
-                .u64(q.desc_addr)
-                .u64(q.driver_addr)
-                .u64(q.device_addr),
+            Response::Vqueue(q) => {
+                let w = w.u32(q.index).u32(q.max_size).u32(q.cur_size);
+                let w = match profile {
+                    Profile::V2 | Profile::V1 => w.u32(q.flags),
+                    Profile::Rfc2 => w,
+                };
+                w.u64(q.desc_addr).u64(q.driver_addr).u64(q.device_addr)
+            }
+            Response::Shm {
+                shmid,
+                length,
+                address,
+                ..
+            } if old => {
+                let n = "GET_SHM";
+                let l = narrow(n, "length", *length, u32::MAX.into())?;
+                let a = narrow(n, "address", *address, u32::MAX.into())?;
+                w.u32(*shmid).u32(l as u32).u32(a as u32)
+            }
             Response::Shm {
                 shmid,
                 reserved,
@@ -1033,38 +1346,85 @@ impl Response {
                 next_offset,
                 count,
                 bitmap,
+            } if old => w.u16(*offset).u16(*count).u16(*next_offset).bytes(bitmap),
+            Response::Devices {
+                offset,
+                next_offset,
+                count,
+                bitmap,
             } => w.u16(*offset).u16(*next_offset).u16(*count).bytes(bitmap),
             Response::Ping { data } => w.u32(*data),
         }
-        .0
+        .0)
     }
 
-    /// Encodes the complete response frame (device side: type = request type | 1, §9.4).
+    /// Encodes the complete v2 response frame (device side: type = request type | 1, §9.4).
     pub fn encode(&self, dev_num: u16, token: u16) -> Result<Vec<u8>, WireError> {
+        self.encode_for(Profile::V2, dev_num, token)
+    }
+
+    /// Encodes the complete, unpadded response frame of `profile`.
+    pub fn encode_for(
+        &self,
+        profile: Profile,
+        dev_num: u16,
+        token: u16,
+    ) -> Result<Vec<u8>, WireError> {
         let dev_num = if self.namespace() == Namespace::Bus {
             0
         } else {
             dev_num
         };
-        build_frame(
+        build_frame_for(
+            profile,
             self.namespace().type_bits() | ty::RESPONSE,
             self.msg_id(),
             dev_num,
             token,
-            &self.payload(),
+            &self.payload_for(profile)?,
         )
     }
 
-    /// Decodes a response payload by (namespace, msg_id) alone.
+    /// Decodes a v2 response payload by (namespace, msg_id) alone.
     pub fn decode(h: &Header, p: &[u8]) -> Result<Response, WireError> {
+        Self::decode_for(Profile::V2, h, p)
+    }
+
+    /// Decodes a response payload of `profile` by (namespace, msg_id) alone.
+    ///
+    /// v1/RFC2 GET_DEVICE_INFO: `num_feature_bits` must be a multiple of 32
+    /// (reference §3.2) and becomes `num_feature_blocks`; the UUID reads as
+    /// nil. v1 GET_VQUEUE: the reserved word lands in `flags`.
+    pub fn decode_for(profile: Profile, h: &Header, p: &[u8]) -> Result<Response, WireError> {
         let ns = h.namespace();
         let name = message_name(ns, h.msg_id);
-        let min = Response::min_payload(ns, h.msg_id).ok_or(WireError::UnknownMsgId {
-            ns,
-            msg_id: h.msg_id,
-        })?;
+        let min =
+            Response::min_payload_for(profile, ns, h.msg_id).ok_or(WireError::UnknownMsgId {
+                ns,
+                msg_id: h.msg_id,
+            })?;
         let r = Rd::new(name, p, min)?;
+        let old = profile != Profile::V2;
         Ok(match (ns, h.msg_id) {
+            (Namespace::Transport, msg::GET_DEVICE_INFO) if old => {
+                let bits = r.u32(8);
+                if bits % 32 != 0 {
+                    return Err(WireError::Invalid {
+                        name,
+                        what: format!("num_feature_bits {bits} is not a multiple of 32"),
+                    });
+                }
+                Response::DeviceInfo(DeviceInfo {
+                    device_id: r.u32(0),
+                    vendor_id: r.u32(4),
+                    device_uuid: [0; 16],
+                    num_feature_blocks: bits / 32,
+                    config_size: r.u32(12),
+                    max_virtqueues: r.u32(16),
+                    admin_vq_start: r.u16(20).into(),
+                    admin_vq_count: r.u16(22).into(),
+                })
+            }
             (Namespace::Transport, msg::GET_DEVICE_INFO) => {
                 let mut device_uuid = [0u8; 16];
                 device_uuid.copy_from_slice(&p[8..24]);
@@ -1115,15 +1475,32 @@ impl Response {
             (Namespace::Transport, msg::SET_DEVICE_STATUS) => {
                 Response::SetDeviceStatus { status: r.u32(0) }
             }
-            (Namespace::Transport, msg::GET_VQUEUE) => Response::Vqueue(VqueueInfo {
-                index: r.u32(0),
-                max_size: r.u32(4),
-                cur_size: r.u32(8),
-                flags: r.u32(12),
-                desc_addr: r.u64(16),
-                driver_addr: r.u64(24),
-                device_addr: r.u64(32),
+            (Namespace::Transport, msg::GET_VQUEUE) => Response::Vqueue(match profile {
+                Profile::V2 | Profile::V1 => VqueueInfo {
+                    index: r.u32(0),
+                    max_size: r.u32(4),
+                    cur_size: r.u32(8),
+                    flags: r.u32(12),
+                    desc_addr: r.u64(16),
+                    driver_addr: r.u64(24),
+                    device_addr: r.u64(32),
+                },
+                Profile::Rfc2 => VqueueInfo {
+                    index: r.u32(0),
+                    max_size: r.u32(4),
+                    cur_size: r.u32(8),
+                    flags: 0,
+                    desc_addr: r.u64(12),
+                    driver_addr: r.u64(20),
+                    device_addr: r.u64(28),
+                },
             }),
+            (Namespace::Transport, msg::GET_SHM) if old => Response::Shm {
+                shmid: r.u32(0),
+                reserved: 0,
+                length: r.u32(4).into(),
+                address: r.u32(8).into(),
+            },
             (Namespace::Transport, msg::GET_SHM) => Response::Shm {
                 shmid: r.u32(0),
                 reserved: r.u32(4),
@@ -1131,10 +1508,14 @@ impl Response {
                 address: r.u64(16),
             },
             (Namespace::Bus, bus_msg::GET_DEVICES) => {
-                let count = r.u16(4);
+                let (next_offset, count) = if old {
+                    (r.u16(4), r.u16(2))
+                } else {
+                    (r.u16(2), r.u16(4))
+                };
                 Response::Devices {
                     offset: r.u16(0),
-                    next_offset: r.u16(2),
+                    next_offset,
                     count,
                     bitmap: r.bytes(6, usize::from(count).div_ceil(8))?,
                 }
@@ -1150,7 +1531,7 @@ impl Response {
     }
 }
 
-/// Validates a received frame as the response to `req` sent with (`dev_num`, `token`) and decodes it.
+/// Validates a received v2 frame as the response to `req` sent with (`dev_num`, `token`) and decodes it.
 ///
 /// Checks what Linux checks (§6.3): the response bit and namespace bit, msg_id,
 /// dev_num, token, and that `msg_size` lies within [header + min payload, max];
@@ -1162,7 +1543,20 @@ pub fn check_response(
     frame: &[u8],
     max_msg_size: usize,
 ) -> Result<Response, WireError> {
-    let (h, p) = split_frame(frame)?;
+    check_response_for(Profile::V2, req, dev_num, token, frame, max_msg_size)
+}
+
+/// [`check_response`] for `profile`. RFC2 frames carry no token, so `token`
+/// is not compared there (the driver correlates by dev_num and msg_id).
+pub fn check_response_for(
+    profile: Profile,
+    req: &Request,
+    dev_num: u16,
+    token: u16,
+    frame: &[u8],
+    max_msg_size: usize,
+) -> Result<Response, WireError> {
+    let (h, p) = split_frame_for(profile, frame)?;
     if usize::from(h.msg_size) > max_msg_size {
         return Err(WireError::AboveMax {
             msg_size: usize::from(h.msg_size),
@@ -1192,16 +1586,24 @@ pub fn check_response(
     if h.dev_num != want_dev {
         return Err(mismatch("dev_num", want_dev.into(), h.dev_num.into()));
     }
-    if h.token != token {
+    if profile.has_token() && h.token != token {
         return Err(mismatch("token", token.into(), h.token.into()));
     }
-    let resp = Response::decode(&h, p)?;
-    check_echo(req, &resp)?;
+    let resp = Response::decode_for(profile, &h, p)?;
+    check_echo_for(profile, req, &resp)?;
     Ok(resp)
 }
 
-/// Checks the echoed payload fields of `resp` against `req`.
+/// Checks the echoed payload fields of `resp` against `req` (v2 rules).
 pub fn check_echo(req: &Request, resp: &Response) -> Result<(), WireError> {
+    check_echo_for(Profile::V2, req, resp)
+}
+
+/// [`check_echo`] with the GET_DEVICES rules of `profile`: v1 windows are
+/// 8-aligned (response `count` a multiple of 8, `next_offset` 0 or an aligned
+/// value ≥ offset + count, reference §4.1); v2 and RFC2 require `next_offset`
+/// to be 0 or above the request offset.
+pub fn check_echo_for(profile: Profile, req: &Request, resp: &Response) -> Result<(), WireError> {
     let name = req.name();
     let echo = |field, expected: u64, got: u64| {
         if expected == got {
@@ -1287,6 +1689,24 @@ pub fn check_echo(req: &Request, resp: &Response) -> Result<(), WireError> {
                     what: format!("response count {c} > request count {count}"),
                 });
             }
+            if profile == Profile::V1 {
+                let end = u32::from(*offset) + u32::from(*c);
+                if c % 8 != 0 {
+                    return Err(WireError::Invalid {
+                        name,
+                        what: format!("v1 response count {c} is not a multiple of 8"),
+                    });
+                }
+                if *next_offset != 0 && (next_offset % 8 != 0 || u32::from(*next_offset) < end) {
+                    return Err(WireError::Invalid {
+                        name,
+                        what: format!(
+                            "v1 next_offset {next_offset} is neither 0 nor an 8-aligned value ≥ offset + count = {end}"
+                        ),
+                    });
+                }
+                return Ok(());
+            }
             if *next_offset != 0 && next_offset <= offset {
                 return Err(WireError::Invalid {
                     name,
@@ -1365,8 +1785,17 @@ pub enum Event {
 }
 
 impl Event {
-    /// Encodes the event frame with the given token (events: whatever the bus uses, 0 by default).
+    /// Encodes the v2 event frame with the given token (events: whatever the bus uses, 0 by default).
     pub fn encode(&self, token: u16) -> Result<Vec<u8>, WireError> {
+        self.encode_for(Profile::V2, token)
+    }
+
+    /// Encodes the unpadded event frame of `profile` (event payloads are the
+    /// same in every profile; RFC2 drops the token).
+    pub fn encode_for(&self, profile: Profile, token: u16) -> Result<Vec<u8>, WireError> {
+        let build_frame = |ty_bits, msg_id, dev_num, token, payload: &[u8]| {
+            build_frame_for(profile, ty_bits, msg_id, dev_num, token, payload)
+        };
         let w = Wr::default();
         match self {
             Event::Config { dev_num, body } => {
@@ -1493,6 +1922,7 @@ impl Event {
 /// the header field and [`RawFrame::truncate`] cuts the bytes actually sent.
 #[derive(Debug, Clone, Default)]
 pub struct RawFrame {
+    profile: Profile,
     ty: u8,
     msg_id: u8,
     dev_num: u16,
@@ -1512,21 +1942,51 @@ impl RawFrame {
         }
     }
 
-    /// Starts from a well-formed request.
+    /// Starts from a well-formed v2 request.
     pub fn from_request(req: &Request, dev_num: u16, token: u16) -> Self {
+        Self::from_request_for(Profile::V2, req, dev_num, token)
+    }
+
+    /// Starts from a well-formed request in the layout of `profile`.
+    pub fn from_request_for(profile: Profile, req: &Request, dev_num: u16, token: u16) -> Self {
         let dev_num = if req.namespace() == Namespace::Bus {
             0
         } else {
             dev_num
         };
         RawFrame {
+            profile,
             ty: req.namespace().type_bits(),
             msg_id: req.msg_id(),
             dev_num,
             token,
-            payload: req.payload(),
+            payload: req.payload_for(profile),
             ..Default::default()
         }
+    }
+
+    /// Sets the wire profile (header layout; RFC2 drops the token on build).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// The frame's header fields as the driver intends them (the token
+    /// included even on RFC2, where it is not sent).
+    pub fn header(&self) -> Header {
+        Header {
+            ty: self.ty,
+            msg_id: self.msg_id,
+            dev_num: self.dev_num,
+            token: self.token,
+            msg_size: self
+                .msg_size
+                .unwrap_or(u16::try_from(self.true_size()).unwrap_or(u16::MAX)),
+        }
+    }
+
+    fn true_size(&self) -> usize {
+        self.profile.header_size() + self.payload.len()
     }
 
     /// Sets the `type` byte.
@@ -1576,20 +2036,9 @@ impl RawFrame {
         self.token
     }
 
-    /// Builds the bytes.
+    /// Builds the bytes (never padded: the frame is sent as built).
     pub fn build(&self) -> Vec<u8> {
-        let true_size = HEADER_SIZE + self.payload.len();
-        let msg_size = self
-            .msg_size
-            .unwrap_or(u16::try_from(true_size).unwrap_or(u16::MAX));
-        let h = Header {
-            ty: self.ty,
-            msg_id: self.msg_id,
-            dev_num: self.dev_num,
-            token: self.token,
-            msg_size,
-        };
-        let mut v = h.encode().to_vec();
+        let mut v = self.header().encode_for(self.profile);
         v.extend_from_slice(&self.payload);
         if let Some(n) = self.truncate {
             v.truncate(n);
@@ -1934,7 +2383,10 @@ mod tests {
         assert_eq!(Header::decode(&f).expect("hdr").msg_size, 40);
         assert!(matches!(split_frame(&f), Err(WireError::Truncated { .. })));
         let f = RawFrame::new(0, msg::GET_DEVICE_STATUS).truncate(5).build();
-        assert_eq!(split_frame(&f), Err(WireError::ShortFrame { len: 5 }));
+        assert_eq!(
+            split_frame(&f),
+            Err(WireError::ShortFrame { len: 5, need: 8 })
+        );
         let f = RawFrame::new(0, msg::GET_DEVICE_STATUS).msg_size(4).build();
         assert_eq!(
             split_frame(&f),
@@ -1942,6 +2394,224 @@ mod tests {
         );
         let f = RawFrame::from_request(&Request::Ping { data: 1 }, 7, 3).build();
         assert_eq!(f, unhex("02 03 00 00 03 00 0C 00 01 00 00 00"));
+    }
+
+    // ---- golden vectors of the older profiles (interop §2.1–§2.2, reference §7.1)
+
+    #[test]
+    fn rfc2_header_has_no_token() {
+        let f = Request::GetDeviceInfo
+            .encode_for(Profile::Rfc2, 1, 99)
+            .expect("encode");
+        assert_eq!(f, unhex("00 02 01 00 06 00"));
+        let (h, p) = split_frame_for(Profile::Rfc2, &f).expect("split");
+        assert_eq!((h.token, h.msg_size, p.len()), (0, 6, 0));
+        assert_eq!(
+            split_frame_for(Profile::Rfc2, &f[..5]),
+            Err(WireError::ShortFrame { len: 5, need: 6 })
+        );
+        // Padding after msg_size (fixed 44-byte frames) is ignored.
+        let padded = pad_frame(f.clone(), 44);
+        assert_eq!(padded.len(), 44);
+        assert_eq!(
+            split_frame_for(Profile::Rfc2, &padded)
+                .expect("split")
+                .1
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn rfc2_device_info_response_bytes() {
+        // device_id 4, vendor "QEMU", 64 feature bits, config 0, 1 queue, no admin queues.
+        let want = unhex(
+            "01 02 01 00 1e 00 04 00 00 00 51 45 4d 55 40 00 00 00 00 00 00 00 \
+             01 00 00 00 00 00 00 00",
+        );
+        let info = DeviceInfo {
+            device_id: 4,
+            vendor_id: 0x554D_4551,
+            num_feature_blocks: 2,
+            max_virtqueues: 1,
+            ..Default::default()
+        };
+        let f = Response::DeviceInfo(info)
+            .encode_for(Profile::Rfc2, 1, 0)
+            .expect("encode");
+        assert_eq!(f, want);
+        // The token is not on the wire, so any expected token is fine.
+        let got = check_response_for(Profile::Rfc2, &Request::GetDeviceInfo, 1, 7, &want, 44)
+            .expect("valid");
+        assert_eq!(got, Response::DeviceInfo(info));
+        // v1 has the same payload behind an 8-byte header.
+        let v1 = Response::DeviceInfo(info)
+            .encode_for(Profile::V1, 1, 5)
+            .expect("encode");
+        assert_eq!(&v1[..8], &unhex("01 02 01 00 05 00 20 00")[..]);
+        assert_eq!(&v1[8..], &want[6..]);
+    }
+
+    #[test]
+    fn old_profiles_reject_feature_bits_not_multiple_of_32() {
+        let mut f = Response::DeviceInfo(DeviceInfo {
+            device_id: 4,
+            num_feature_blocks: 2,
+            ..Default::default()
+        })
+        .encode_for(Profile::V1, 0, 1)
+        .expect("encode");
+        f[16] = 48; // num_feature_bits = 48
+        assert!(matches!(
+            check_response_for(Profile::V1, &Request::GetDeviceInfo, 0, 1, &f, 48),
+            Err(WireError::Invalid { .. })
+        ));
+        // admin fields are le16 there: 70000 does not fit.
+        let big = Response::DeviceInfo(DeviceInfo {
+            admin_vq_count: 70000,
+            ..Default::default()
+        });
+        assert!(big.encode_for(Profile::Rfc2, 0, 0).is_err());
+        assert!(big.encode_for(Profile::V2, 0, 0).is_ok());
+    }
+
+    #[test]
+    fn rfc2_vqueue_layout_is_unaligned() {
+        let set = Request::SetVqueue(SetVqueue {
+            index: 0,
+            flags: 0,
+            size: 256,
+            reserved: 0,
+            desc_addr: 0x5fc0_0000,
+            driver_addr: 0x5fc0_1000,
+            device_addr: 0x5fc0_2000,
+        });
+        let want = unhex(
+            "00 0a 01 00 2a 00 00 00 00 00 00 00 00 00 00 01 00 00 \
+             00 00 c0 5f 00 00 00 00 00 10 c0 5f 00 00 00 00 00 20 c0 5f 00 00 00 00",
+        );
+        assert_eq!(set.encode_for(Profile::Rfc2, 1, 3).expect("encode"), want);
+        let (h, p) = split_frame_for(Profile::Rfc2, &want).expect("split");
+        assert_eq!(
+            Request::decode_for(Profile::Rfc2, &h, p).expect("decode"),
+            set
+        );
+        // v1: reserved0 and reserved1 words, 8-byte fields aligned at 16.
+        let v1 = set.encode_for(Profile::V1, 1, 3).expect("encode");
+        assert_eq!(v1.len(), 48);
+        assert_eq!(&v1[..8], &unhex("00 0a 01 00 03 00 30 00")[..]);
+        assert_eq!(&v1[24..28], &0x5fc0_0000u32.to_le_bytes()[..]);
+        // GET_VQUEUE response: RFC2 36 bytes, flags not on the wire.
+        let info = VqueueInfo {
+            index: 0,
+            max_size: 256,
+            cur_size: 256,
+            flags: 1,
+            desc_addr: 0x5fc0_0000,
+            driver_addr: 0x5fc0_1000,
+            device_addr: 0x5fc0_2000,
+        };
+        let f = Response::Vqueue(info)
+            .encode_for(Profile::Rfc2, 1, 0)
+            .expect("encode");
+        assert_eq!(f.len(), 42);
+        assert_eq!(&f[6..18], &unhex("00 00 00 00 00 01 00 00 00 01 00 00")[..]);
+        assert_eq!(&f[18..22], &0x5fc0_0000u32.to_le_bytes()[..]);
+        let got = check_response_for(
+            Profile::Rfc2,
+            &Request::GetVqueue { index: 0 },
+            1,
+            0,
+            &f,
+            44,
+        )
+        .expect("valid");
+        assert_eq!(got, Response::Vqueue(VqueueInfo { flags: 0, ..info }));
+        // v1 carries the reserved word where v2 has flags; it must read 0.
+        assert!(info.check_consistency_for(Profile::V1).is_err());
+        assert!(info.check_consistency_for(Profile::V2).is_ok());
+    }
+
+    #[test]
+    fn old_profiles_shm_and_devices_layouts() {
+        let shm = Response::Shm {
+            shmid: 1,
+            reserved: 0,
+            length: 0x1000,
+            address: 0x8000,
+        };
+        let f = shm.encode_for(Profile::V1, 2, 4).expect("encode");
+        assert_eq!(
+            f,
+            unhex("01 0c 02 00 04 00 14 00 01 00 00 00 00 10 00 00 00 80 00 00")
+        );
+        let big = Response::Shm {
+            shmid: 1,
+            reserved: 0,
+            length: 1 << 32,
+            address: 0,
+        };
+        assert!(big.encode_for(Profile::Rfc2, 2, 0).is_err());
+        // GET_DEVICES: offset, count, next_offset (fields 2 and 4 swapped vs v2).
+        let devs = Response::Devices {
+            offset: 0,
+            next_offset: 16,
+            count: 8,
+            bitmap: vec![0x25],
+        };
+        let f = devs.encode_for(Profile::V1, 0, 9).expect("encode");
+        assert_eq!(f, unhex("03 02 00 00 09 00 0f 00 00 00 08 00 10 00 25"));
+        let req = Request::GetDevices {
+            offset: 0,
+            count: 8,
+        };
+        assert_eq!(
+            check_response_for(Profile::V1, &req, 0, 9, &f, 48).expect("valid"),
+            devs
+        );
+        let f = devs.encode_for(Profile::Rfc2, 0, 0).expect("encode");
+        assert_eq!(f, unhex("03 02 00 00 0d 00 00 00 08 00 10 00 25"));
+        // v1 alignment: count and next_offset multiples of 8, next ≥ offset + count.
+        for (count, next, bitmap) in [
+            (5u16, 16u16, vec![0x05]),
+            (8, 12, vec![0x05]),
+            (8, 0, vec![1]),
+        ] {
+            let f = Response::Devices {
+                offset: 0,
+                next_offset: next,
+                count,
+                bitmap,
+            }
+            .encode_for(Profile::V1, 0, 9)
+            .expect("encode");
+            let r = check_response_for(Profile::V1, &req, 0, 9, &f, 48);
+            assert_eq!(r.is_ok(), next == 0 && count == 8, "{count} {next}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn rfc2_events_and_raw_frames() {
+        let ev = Event::Avail {
+            dev_num: 1,
+            vq_index: 2,
+            next_offset: 0,
+        };
+        let f = ev.encode_for(Profile::Rfc2, 5).expect("encode");
+        assert_eq!(f, unhex("00 41 01 00 0e 00 02 00 00 00 00 00 00 00"));
+        let (h, p) = split_frame_for(Profile::Rfc2, &f).expect("split");
+        assert_eq!(Event::decode(&h, p).expect("decode"), ev);
+        let raw = RawFrame::from_request_for(Profile::Rfc2, &Request::Ping { data: 1 }, 7, 3);
+        assert_eq!(raw.build(), unhex("02 03 00 00 0a 00 01 00 00 00"));
+        assert_eq!(raw.header().token, 3);
+    }
+
+    #[test]
+    fn profile_names() {
+        for p in Profile::ALL {
+            assert_eq!(p.name().parse::<Profile>().expect("parse"), p);
+        }
+        assert!("v3".parse::<Profile>().is_err());
     }
 
     mod prop {
@@ -1999,7 +2669,41 @@ mod tests {
             ]
         }
 
+        fn any_profile() -> impl Strategy<Value = Profile> {
+            prop_oneof![Just(Profile::V2), Just(Profile::V1), Just(Profile::Rfc2)]
+        }
+
         proptest! {
+            #[test]
+            fn request_roundtrip_per_profile(
+                req in any_request(),
+                profile in any_profile(),
+                dev in any::<u16>(),
+                tok in any::<u16>(),
+            ) {
+                let f = req.encode_for(profile, dev, tok).expect("encode");
+                let (h, p) = split_frame_for(profile, &f).expect("split");
+                prop_assert_eq!(usize::from(h.msg_size), f.len());
+                prop_assert_eq!(h.token, if profile.has_token() { tok } else { 0 });
+                let mut want = req.clone();
+                if let (Profile::Rfc2, Request::SetVqueue(s)) = (profile, &mut want) {
+                    s.reserved = 0;
+                }
+                prop_assert_eq!(Request::decode_for(profile, &h, p).expect("decode"), want);
+            }
+
+            #[test]
+            fn decoders_never_panic_per_profile(
+                profile in any_profile(),
+                bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                if let Ok((h, p)) = split_frame_for(profile, &bytes) {
+                    let _ = Request::decode_for(profile, &h, p);
+                    let _ = Response::decode_for(profile, &h, p);
+                    let _ = Event::decode(&h, p);
+                }
+            }
+
             #[test]
             fn request_roundtrip(req in any_request(), dev in any::<u16>(), tok in any::<u16>()) {
                 let f = req.encode(dev, tok).expect("encode");
