@@ -1,8 +1,9 @@
-//! `vmsgd demo`: the quickstart. It writes a real config file, starts the
-//! daemon from it on the local bus, and drives the devices from a second
-//! process (`vmsgd demo-driver`) with the spec-derived `vmsg-driver`:
-//! discovery, the init sequence, feature negotiation, I/O. Both sides print
-//! what they did.
+//! `vmsgd demo`: the quickstart. It writes a real config file and a sparse
+//! disk image, starts the daemon from them on the local bus, and drives the
+//! devices from a second process (`vmsgd demo-driver`) with the spec-derived
+//! `vmsg-driver`: discovery, the init sequence, feature negotiation, I/O
+//! (random bytes from the rngs; write, flush, read back and verify on the
+//! disk). Both sides print what they did.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use vmsg_backend::instance::StopSignal;
+use vmsg_driver::blk::{self, Blk, Segment};
 use vmsg_driver::conformance::{SuiteConfig, run_suite_with};
 use vmsg_driver::device::{FeatureSet, VirtioDevice};
 use vmsg_driver::rng::Rng;
@@ -29,7 +31,11 @@ pub struct DemoArgs {
     /// Daemon log level (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     pub log_level: String,
-    /// Keep the demo's directory (config file, socket) afterwards.
+    /// Size of the demo's disk image in MiB (sparse).
+    #[arg(long, default_value_t = 64)]
+    pub disk_mib: u64,
+    /// Keep the demo's directory (config file, socket, disk image)
+    /// afterwards.
     #[arg(long)]
     pub keep: bool,
 }
@@ -43,10 +49,20 @@ pub struct DemoDriverArgs {
     /// Random bytes to read from each rng.
     #[arg(long, default_value_t = 64)]
     pub bytes: usize,
+    /// Bytes of pattern to write to each disk and read back.
+    #[arg(long, default_value_t = DISK_BYTES)]
+    pub disk_bytes: usize,
 }
 
-/// The demo's configuration: one guest with a plain rng and a rate-limited
-/// one, on the local bus.
+/// Bytes of pattern the demo driver writes to the disk by default.
+const DISK_BYTES: usize = 1 << 20;
+/// Where on the disk the pattern goes (sector).
+const DISK_SECTOR: u64 = 2048;
+/// Sectors the driver zeroes again with WRITE_ZEROES.
+const ZEROED_SECTORS: u64 = 8;
+
+/// The demo's configuration: one guest with a plain rng, a rate-limited one
+/// and a two-queue disk on `demo.img`, on the local bus.
 fn demo_config(dir: &Path) -> String {
     format!(
         r#"# Written by `vmsgd demo`; the same format as /etc/vmsgd/*.toml.
@@ -65,8 +81,16 @@ dev_num = 0
 kind = "rng"
 dev_num = 1
 rate_limit = 65536
+
+[[guest.device]]
+kind = "blk"
+dev_num = 2
+path = "{}"
+serial = "vmsgd-demo-disk"
+num_queues = 2
 "#,
-        dir.join("demo.sock").display()
+        dir.join("demo.sock").display(),
+        dir.join("demo.img").display()
     )
 }
 
@@ -92,6 +116,8 @@ fn run_inner(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let config_path = dir.join("vmsgd.toml");
     std::fs::write(&config_path, demo_config(&dir))?;
+    let image = dir.join("demo.img");
+    std::fs::File::create(&image)?.set_len(args.disk_mib.max(1) << 20)?;
     println!("== vmsgd demo");
     println!("config {}:", config_path.display());
     for line in demo_config(&dir)
@@ -104,6 +130,11 @@ fn run_inner(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let stop = StopSignal::new()?;
     let daemon = Daemon::start(&config, stop)?;
     let socket = dir.join("demo.sock");
+    println!(
+        "disk image: {} ({} MiB, sparse)",
+        image.display(),
+        args.disk_mib.max(1)
+    );
     println!("daemon: serving guest \"demo\" on {}", socket.display());
     let _ = std::io::stdout().flush();
 
@@ -115,11 +146,14 @@ fn run_inner(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .arg(&socket)
         .arg("--bytes")
         .arg(args.bytes.to_string())
+        .arg("--disk-bytes")
+        .arg(DISK_BYTES.to_string())
         .status()?;
     let elapsed = started.elapsed();
     // The driver disconnected, so the guest's counters are final.
     let stats = daemon.stats("demo");
     daemon.shutdown()?;
+    let on_image = check_image(&image);
     if let Some(stats) = stats {
         println!("== daemon side (guest \"demo\")");
         println!("frames received: {}", stats.frames);
@@ -138,6 +172,10 @@ fn run_inner(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             );
         }
     }
+    match &on_image {
+        Ok(summary) => println!("== disk image after the run: {summary}"),
+        Err(e) => println!("== disk image after the run: FAILED: {e}"),
+    }
     if !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -150,7 +188,7 @@ fn run_inner(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         elapsed
     );
-    Ok(if status.success() {
+    Ok(if status.success() && on_image.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -208,6 +246,10 @@ fn drive(args: &DemoDriverArgs) -> Result<(), Box<dyn std::error::Error>> {
             info.max_virtqueues
         );
         drv = probed.into_driver();
+        if info.device_id == blk::VIRTIO_ID_BLOCK {
+            drv = disk(drv, dev_num, args.disk_bytes)?;
+            continue;
+        }
         if info.device_id != vmsg_driver::rng::VIRTIO_ID_RNG {
             continue;
         }
@@ -250,6 +292,136 @@ fn drive(args: &DemoDriverArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err("conformance failures".into());
     }
     Ok(())
+}
+
+/// Read the pattern the driver left on the image file, from the host side.
+fn check_image(image: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let file = std::fs::File::open(image)?;
+    let meta = file.metadata()?;
+    let zeroed = (ZEROED_SECTORS * blk::SECTOR_SIZE) as usize;
+    let start = DISK_SECTOR * blk::SECTOR_SIZE;
+    let mut got = vec![0u8; DISK_BYTES];
+    file.read_exact_at(&mut got, start)?;
+    let want = pattern(DISK_SECTOR, DISK_BYTES);
+    if got[..zeroed].iter().any(|&b| b != 0) {
+        return Err(format!("bytes {start}.. are not the zeroes WRITE_ZEROES left").into());
+    }
+    if got[zeroed..] != want[zeroed..] {
+        return Err("the pattern written through virtio-blk is not on the image".into());
+    }
+    Ok(format!(
+        "{} MiB, {} KiB allocated; the pattern the driver wrote is there",
+        meta.len() >> 20,
+        (meta.blocks() * 512) >> 10
+    ))
+}
+
+/// A deterministic pattern: every 512-byte sector starts with its number.
+fn pattern(first_sector: u64, len: usize) -> Vec<u8> {
+    let mut data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+    for (i, sector) in data.chunks_mut(blk::SECTOR_SIZE as usize).enumerate() {
+        let n = first_sector + i as u64;
+        let head = sector.len().min(8);
+        sector[..head].copy_from_slice(&n.to_le_bytes()[..head]);
+    }
+    data
+}
+
+/// Drive a virtio-blk: identify it, write a pattern, flush, read it back
+/// and verify, zero part of it and verify again.
+fn disk(drv: Driver, dev_num: u16, len: usize) -> Result<Driver, Box<dyn std::error::Error>> {
+    let mut disk = Blk::open(drv, dev_num)?;
+    let negotiated = disk.negotiated().clone();
+    println!(
+        "  features offered {}, negotiated {}",
+        blk_features(disk.device().offered()),
+        blk_features(&negotiated)
+    );
+    let cfg = *disk.config();
+    let lim = *disk.limits();
+    println!(
+        "  capacity {} sectors ({} MiB), blk_size {}, seg_max {}, size_max {}, {} queue(s) of {}, cache {}",
+        lim.capacity,
+        (lim.capacity * blk::SECTOR_SIZE) >> 20,
+        lim.blk_size,
+        lim.seg_max,
+        lim.size_max,
+        disk.num_queues(),
+        disk.queue_size(),
+        if cfg.writeback != 0 {
+            "writeback"
+        } else {
+            "writethrough"
+        }
+    );
+    println!("  GET_ID: {:?}", disk.serial()?);
+    // A whole number of sectors, and within the disk.
+    let cap_bytes = lim.capacity * blk::SECTOR_SIZE;
+    let len = (len as u64).min(cap_bytes / 2) / blk::SECTOR_SIZE * blk::SECTOR_SIZE;
+    let len = len as usize;
+    let sector = DISK_SECTOR.min(lim.capacity / 2);
+    let data = pattern(sector, len);
+    let t = Instant::now();
+    disk.write(sector, &data)?;
+    let wrote = t.elapsed();
+    let t = Instant::now();
+    disk.flush_all()?;
+    let flushed = t.elapsed();
+    let mut back = vec![0u8; len];
+    let t = Instant::now();
+    disk.read(sector, &mut back)?;
+    let read = t.elapsed();
+    if back != data {
+        let at = back
+            .iter()
+            .zip(&data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        return Err(format!("read-back differs from what was written at byte {at}").into());
+    }
+    println!(
+        "  wrote {} KiB at sector {sector} in {wrote:.1?}, FLUSH on {} queue(s) in {flushed:.1?}, read back in {read:.1?}: identical",
+        len >> 10,
+        disk.num_queues()
+    );
+    let zeroed = (ZEROED_SECTORS * blk::SECTOR_SIZE) as usize;
+    if lim.write_zeroes.is_some() && len >= 2 * zeroed {
+        disk.write_zeroes(&[Segment::unmap(sector, ZEROED_SECTORS as u32)])?;
+        disk.flush()?;
+        let mut z = vec![0xAAu8; 2 * zeroed];
+        disk.read(sector, &mut z)?;
+        if z[..zeroed].iter().any(|&b| b != 0) || z[zeroed..] != data[zeroed..2 * zeroed] {
+            return Err("WRITE_ZEROES did not zero exactly its range".into());
+        }
+        println!(
+            "  WRITE_ZEROES (unmap) of sectors {sector}..{}, FLUSH: they read back as zeroes, the sectors after them intact",
+            sector + ZEROED_SECTORS
+        );
+    }
+    Ok(disk.close()?)
+}
+
+fn blk_features(f: &FeatureSet) -> String {
+    let names: Vec<String> = f
+        .bits()
+        .iter()
+        .map(|&b| match b {
+            blk::feature::SIZE_MAX => "SIZE_MAX".into(),
+            blk::feature::SEG_MAX => "SEG_MAX".into(),
+            blk::feature::GEOMETRY => "GEOMETRY".into(),
+            blk::feature::RO => "RO".into(),
+            blk::feature::BLK_SIZE => "BLK_SIZE".into(),
+            blk::feature::FLUSH => "FLUSH".into(),
+            blk::feature::TOPOLOGY => "TOPOLOGY".into(),
+            blk::feature::CONFIG_WCE => "CONFIG_WCE".into(),
+            blk::feature::MQ => "MQ".into(),
+            blk::feature::DISCARD => "DISCARD".into(),
+            blk::feature::WRITE_ZEROES => "WRITE_ZEROES".into(),
+            b => features(&FeatureSet::from_bits(&[b])),
+        })
+        .collect();
+    names.join("|")
 }
 
 fn features(f: &FeatureSet) -> String {

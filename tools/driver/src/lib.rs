@@ -9,11 +9,13 @@
 //! * [`device`]: §5 device initialization and control ([`VirtioDevice`]).
 //! * [`mem`] and [`virtq`]: guest memory allocation and split virtqueues.
 //! * [`rng`]: the virtio-rng frontend ([`Rng`]).
+//! * [`blk`]: the virtio-blk frontend ([`Blk`]): multiqueue, requests in flight.
 //! * [`local`]: [`DriverBus`] over vmsgd's local bus client.
 //! * [`conformance`]: the device conformance suite ([`run_suite`], [`Report`]).
 
 #![warn(missing_docs)]
 
+pub mod blk;
 pub mod bus;
 pub mod conformance;
 pub mod device;
@@ -24,6 +26,7 @@ pub mod rng;
 pub mod virtq;
 pub mod wire;
 
+pub use blk::Blk;
 pub use bus::{BusIoError, DriverBus};
 pub use conformance::{Report, run_suite, run_suite_with};
 pub use device::{FeatureSet, VirtioDevice};
