@@ -784,6 +784,32 @@ impl Blk {
         Ok(())
     }
 
+    /// Copies `data` into the start of `buf`.
+    pub fn write_buf(&self, buf: GuestBuf, data: &[u8]) -> Result<(), BlkError> {
+        if data.len() > buf.len as usize {
+            return Err(BlkError::Invalid(format!(
+                "{} bytes do not fit a {}-byte buffer",
+                data.len(),
+                buf.len
+            )));
+        }
+        self.mem.write_slice(data, buf.addr)?;
+        Ok(())
+    }
+
+    /// Copies the start of `buf` into `out`.
+    pub fn read_buf(&self, buf: GuestBuf, out: &mut [u8]) -> Result<(), BlkError> {
+        if out.len() > buf.len as usize {
+            return Err(BlkError::Invalid(format!(
+                "{} bytes do not fit a {}-byte buffer",
+                out.len(),
+                buf.len
+            )));
+        }
+        self.mem.read_slice(out, buf.addr)?;
+        Ok(())
+    }
+
     /// Requests submitted and not yet collected, on every queue.
     pub fn in_flight(&self) -> usize {
         self.queues.iter().map(|q| q.live).sum::<usize>() + self.stash.len()
