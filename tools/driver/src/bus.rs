@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
+use crate::wire::Profile;
+
 /// Errors of a bus implementation.
 #[derive(Debug, thiserror::Error)]
 pub enum BusIoError {
@@ -40,6 +42,12 @@ pub trait DriverBus {
     /// Maximum message size (header included, bus framing excluded).
     fn max_msg_size(&self) -> usize;
 
+    /// The wire profile this bus instance carries (a bus-instance property
+    /// both sides are configured with, interop §2). Default: spec v2.
+    fn profile(&self) -> Profile {
+        Profile::V2
+    }
+
     /// Transport feature bits of this bus instance (§1, §2).
     fn transport_features(&self) -> u32;
 
@@ -67,6 +75,9 @@ pub trait DriverBus {
 impl<B: DriverBus + ?Sized> DriverBus for Box<B> {
     fn max_msg_size(&self) -> usize {
         (**self).max_msg_size()
+    }
+    fn profile(&self) -> Profile {
+        (**self).profile()
     }
     fn transport_features(&self) -> u32 {
         (**self).transport_features()

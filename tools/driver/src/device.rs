@@ -1,5 +1,11 @@
 //! Device initialization and control over the transport (§5): reset, status,
 //! feature negotiation, chunked config access, virtqueue setup, notifications.
+//!
+//! Profile differences (reference §7.1, interop §2): on v1 and RFC2 a reset
+//! completes synchronously (SET_DEVICE_STATUS(0) answers 0, no polling),
+//! SET_VQUEUE has no flags word and configures *and* enables the queue
+//! (GET_VQUEUE cannot show the enabled state), and v1 config writes carry
+//! the last generation seen.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -7,7 +13,9 @@ use std::time::{Duration, Instant};
 use crate::driver::{Driver, DriverError};
 use crate::mem::{AllocError, GuestAllocator};
 use crate::virtq::{SplitQueue, UsedElem, VirtqError};
-use crate::wire::{self, DeviceInfo, Event, SetVqueue, VqueueInfo, feature, status, vq_flags};
+use crate::wire::{
+    self, DeviceInfo, Event, Profile, SetVqueue, VqueueInfo, feature, status, vq_flags,
+};
 
 /// Default bound for a reset to complete (the Linux PoC waits 10 s; a local
 /// device should be far quicker).
@@ -31,6 +39,15 @@ pub enum InitError {
     /// GET_DEVICE_INFO values are inconsistent.
     #[error("inconsistent GET_DEVICE_INFO: {0}")]
     BadInfo(String),
+    /// v1/RFC2: SET_DEVICE_STATUS(0) answered a non-zero status, but in these
+    /// profiles a reset completes synchronously (reference §3.8, §7.1).
+    #[error("{profile}: reset answered status {status:#x}; it must complete synchronously")]
+    ResetNotSynchronous {
+        /// Status returned.
+        status: u32,
+        /// Profile of the session.
+        profile: Profile,
+    },
     /// The device did not report status 0 after a reset within the bound.
     #[error("reset did not complete within {timeout:?} (status {status:#x})")]
     ResetTimeout {
@@ -326,8 +343,16 @@ impl VirtioDevice {
     }
 
     /// Writes status 0 and waits (bounded) until the device reports 0 (§3.8).
+    /// On v1/RFC2 the response itself must be 0.
     pub fn reset(&mut self) -> Result<(), InitError> {
         let mut st = self.set_status(0)?;
+        let profile = self.drv.profile();
+        if st != 0 && profile != Profile::V2 {
+            return Err(InitError::ResetNotSynchronous {
+                status: st,
+                profile,
+            });
+        }
         let deadline = Instant::now() + self.opts.reset_timeout;
         while st != 0 {
             if Instant::now() >= deadline {
@@ -347,7 +372,7 @@ impl VirtioDevice {
 
     /// Blocks per GET_DEVICE_FEATURES / SET_DRIVER_FEATURES at this message size (§3.3).
     pub fn feature_blocks_per_msg(&self) -> u32 {
-        ((self.drv.max_msg_size() - 16) / 4) as u32
+        ((self.drv.max_msg_size() - self.drv.header_size() - 8) / 4) as u32
     }
 
     /// Reads all offered feature blocks, chunked to the message size (§3.3).
@@ -417,9 +442,10 @@ impl VirtioDevice {
         self.set_status_checked(cur | status::DRIVER_OK)
     }
 
-    /// Config bytes per GET_CONFIG/SET_CONFIG at this message size (§1).
+    /// Config bytes per GET_CONFIG/SET_CONFIG at this message size (§1;
+    /// 26 on a 44-byte RFC2 bus, as Linux RFC chunks them, interop §3.2).
     pub fn config_chunk(&self) -> usize {
-        self.drv.max_msg_size() - 20
+        self.drv.max_msg_size() - self.drv.header_size() - 12
     }
 
     fn check_config_range(&self, offset: u32, len: usize) -> Result<(), InitError> {
@@ -499,14 +525,15 @@ impl VirtioDevice {
     /// GET_VQUEUE with the Linux consistency checks (§3.9).
     pub fn get_vqueue(&mut self, index: u32) -> Result<VqueueInfo, InitError> {
         let q = self.drv.get_vqueue(self.dev_num, index)?;
-        q.check_consistency()
+        q.check_consistency_for(self.drv.profile())
             .map_err(|what| InitError::Queue { index, what })?;
         Ok(q)
     }
 
     /// Sets up queue `index` (§5 steps 8–10): requires it idle, allocates a
     /// ring of the largest power of two ≤ min(`want_size`, max_size), sends
-    /// SET_VQUEUE(flags = enable) and requires GET_VQUEUE to read back exactly.
+    /// SET_VQUEUE(flags = enable; on v1/RFC2 the reserved word 0, which
+    /// enables too) and requires GET_VQUEUE to read back exactly.
     pub fn setup_queue(&mut self, index: u32, want_size: u32) -> Result<SplitQueue, InitError> {
         let qerr = |what: String| InitError::Queue { index, what };
         if index >= self.info.max_virtqueues {
@@ -530,9 +557,10 @@ impl VirtioDevice {
         let event_idx = self.negotiated.contains(feature::EVENT_IDX);
         let q = SplitQueue::new(index, size, self.drv.memory(), &mut self.alloc, event_idx)?;
         let l = q.layout();
+        let v2 = self.drv.profile().has_vqueue_flags();
         let set = SetVqueue {
             index,
-            flags: vq_flags::STATE_ENABLE,
+            flags: if v2 { vq_flags::STATE_ENABLE } else { 0 },
             size,
             reserved: 0,
             desc_addr: l.desc.0,
@@ -545,7 +573,7 @@ impl VirtioDevice {
             index,
             max_size: cur.max_size,
             cur_size: size,
-            flags: vq_flags::ENABLED,
+            flags: if v2 { vq_flags::ENABLED } else { 0 },
             desc_addr: l.desc.0,
             driver_addr: l.avail.0,
             device_addr: l.used.0,

@@ -1,5 +1,13 @@
 //! A driver session over one [`DriverBus`]: tokens, request/response
 //! correlation with bounded timeouts, the event queue, bus discovery and PING.
+//!
+//! The session speaks the wire [`Profile`] of its bus. On v2 and v1 several
+//! requests may be outstanding and responses correlate by (dev_num, token).
+//! RFC2 has no token: the session allows one outstanding request at a time
+//! and correlates a response by dev_num, namespace and msg_id, then files it
+//! under the token the request was given locally, so callers see the same
+//! API in every profile. RFC2 frames the session sends are padded to the bus
+//! maximum (fixed-size frames, interop §2.1).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -10,7 +18,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::bus::{BusIoError, DriverBus};
 use crate::wire::{
-    self, DeviceInfo, Event, Header, MAX_MAX_MSG_SIZE, MIN_MAX_MSG_SIZE, Namespace, Request,
+    self, DeviceInfo, Event, Header, MAX_MAX_MSG_SIZE, Namespace, Profile, RawFrame, Request,
     Response, SetVqueue, VqueueInfo, WireError, bus_msg, transport_feature,
 };
 
@@ -30,9 +38,35 @@ pub enum DriverError {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] BusIoError),
-    /// The bus parameters are outside the v2 range.
-    #[error("bus max_msg_size {0} is outside the v2 range 52..=65535")]
-    BadMaxMsgSize(usize),
+    /// The bus maximum message size is outside the profile's range.
+    #[error("bus max_msg_size {max} is outside the {profile} range {min}..=65535")]
+    BadMaxMsgSize {
+        /// The bus maximum.
+        max: usize,
+        /// The session's profile.
+        profile: Profile,
+        /// The profile's minimum.
+        min: usize,
+    },
+    /// The bus says it speaks a different profile than the session was asked for.
+    #[error("the bus speaks {bus}, the session was configured for {session}")]
+    ProfileMismatch {
+        /// Profile of the bus.
+        bus: Profile,
+        /// Profile requested for the session.
+        session: Profile,
+    },
+    /// RFC2 has no token: a second request while one is outstanding could
+    /// not be told apart from the first.
+    #[error("{name}: a request ({outstanding}) is still outstanding and {profile} has no token")]
+    Outstanding {
+        /// The request refused.
+        name: &'static str,
+        /// The outstanding request.
+        outstanding: &'static str,
+        /// The profile.
+        profile: Profile,
+    },
     /// No response within the timeout.
     #[error("{name} to dev_num {dev_num} (token {token}) got no response within {timeout:?}")]
     Timeout {
@@ -75,7 +109,9 @@ pub enum DriverError {
 pub struct Received {
     /// Arrival sequence number on this session (monotonic).
     pub seq: u64,
-    /// Decoded header.
+    /// Decoded header. On RFC2 `token` is the local token of the outstanding
+    /// request the frame was correlated with (dev_num, namespace, msg_id),
+    /// or 0 if none matched.
     pub header: Header,
     /// The frame bytes (`msg_size` bytes).
     pub frame: Vec<u8>,
@@ -120,13 +156,23 @@ pub struct DevicesWindow {
     pub bitmap: Vec<u8>,
 }
 
+/// A request sent and not yet collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outstanding {
+    dev_num: u16,
+    token: u16,
+    ns: Namespace,
+    msg_id: u8,
+}
+
 /// A driver session over one bus.
 pub struct Driver {
     bus: Box<dyn DriverBus>,
+    profile: Profile,
     max_msg_size: usize,
     timeout: Duration,
     next_token: u16,
-    outstanding: Vec<(u16, u16)>,
+    outstanding: Vec<Outstanding>,
     inbox: VecDeque<Received>,
     events: VecDeque<Event>,
     seq: u64,
@@ -137,6 +183,7 @@ pub struct Driver {
 impl fmt::Debug for Driver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver")
+            .field("profile", &self.profile)
             .field("max_msg_size", &self.max_msg_size)
             .field("timeout", &self.timeout)
             .field("next_token", &self.next_token)
@@ -148,14 +195,30 @@ impl fmt::Debug for Driver {
 }
 
 impl Driver {
-    /// Starts a session; checks the bus's maximum message size (§1).
+    /// Starts a session in the bus's profile ([`DriverBus::profile`]);
+    /// checks the bus's maximum message size (§1).
     pub fn new(bus: Box<dyn DriverBus>) -> Result<Self, DriverError> {
+        let profile = bus.profile();
+        Self::with_profile(bus, profile)
+    }
+
+    /// Starts a session speaking `profile`. Fails if the bus reports another
+    /// profile or a maximum message size outside the profile's range.
+    pub fn with_profile(bus: Box<dyn DriverBus>, profile: Profile) -> Result<Self, DriverError> {
+        if bus.profile() != profile {
+            return Err(DriverError::ProfileMismatch {
+                bus: bus.profile(),
+                session: profile,
+            });
+        }
         let max = bus.max_msg_size();
-        if !(MIN_MAX_MSG_SIZE..=MAX_MAX_MSG_SIZE).contains(&max) {
-            return Err(DriverError::BadMaxMsgSize(max));
+        let min = profile.min_max_msg_size();
+        if !(min..=MAX_MAX_MSG_SIZE).contains(&max) {
+            return Err(DriverError::BadMaxMsgSize { max, profile, min });
         }
         Ok(Driver {
             bus,
+            profile,
             max_msg_size: max,
             timeout: DEFAULT_TIMEOUT,
             next_token: 1,
@@ -190,14 +253,28 @@ impl Driver {
         self.max_msg_size
     }
 
+    /// The wire profile of the session.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// Header size of the session's profile (8, or 6 for RFC2).
+    pub fn header_size(&self) -> usize {
+        self.profile.header_size()
+    }
+
     /// The bus transport feature bits.
     pub fn transport_features(&self) -> u32 {
         self.bus.transport_features()
     }
 
-    /// True if the bus selects the strict config generation profile (§2).
+    /// True if SET_CONFIG generations are checked: the bus selects the
+    /// strict config generation profile (§2), or the wire profile is v1,
+    /// whose single rule is "the driver sends its last-seen generation and
+    /// the device rejects a mismatch" (reference §2, §7.1).
     pub fn strict_config_generation(&self) -> bool {
-        self.transport_features() & transport_feature::STRICT_CONFIG_GENERATION != 0
+        self.profile == Profile::V1
+            || self.transport_features() & transport_feature::STRICT_CONFIG_GENERATION != 0
     }
 
     /// The guest memory shared with the device.
@@ -226,7 +303,7 @@ impl Driver {
         loop {
             let t = self.next_token;
             self.next_token = self.next_token.wrapping_add(1);
-            if t != 0 && !self.outstanding.iter().any(|&(_, tok)| tok == t) {
+            if t != 0 && !self.outstanding.iter().any(|o| o.token == t) {
                 return t;
             }
         }
@@ -237,10 +314,58 @@ impl Driver {
         self.next_token = t;
     }
 
-    /// Sends bytes as they are (raw frames for the conformance suite).
+    /// Sends bytes as they are (raw frames for the conformance suite). No
+    /// response is expected: on RFC2 one that arrives stays unclaimed.
     pub fn send_frame(&mut self, frame: &[u8]) -> Result<(), DriverError> {
         self.bus.send(frame)?;
         Ok(())
+    }
+
+    /// Sends a raw frame whose response the caller will collect with
+    /// [`Driver::wait_raw`] under `raw`'s token. On RFC2, where the token is
+    /// not on the wire, the frame is registered as the outstanding request
+    /// so that its response is correlated by dev_num and msg_id.
+    pub fn send_raw(&mut self, raw: &RawFrame) -> Result<(), DriverError> {
+        let h = raw.header();
+        self.check_one_outstanding(wire::message_name(h.namespace(), h.msg_id))?;
+        self.bus.send(&raw.build())?;
+        if !h.is_response() && !h.is_event() {
+            self.remember(Outstanding {
+                dev_num: h.dev_num,
+                token: h.token,
+                ns: h.namespace(),
+                msg_id: h.msg_id,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_one_outstanding(&self, name: &'static str) -> Result<(), DriverError> {
+        match self.outstanding.first() {
+            Some(o) if !self.profile.has_token() => Err(DriverError::Outstanding {
+                name,
+                outstanding: wire::message_name(o.ns, o.msg_id),
+                profile: self.profile,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn remember(&mut self, o: Outstanding) {
+        // Pendings that are never waited for must not exhaust the token space.
+        if self.outstanding.len() >= OUTSTANDING_LIMIT {
+            self.outstanding.remove(0);
+        }
+        self.outstanding.push(o);
+    }
+
+    /// Pads a frame to the bus maximum on profiles with fixed-size frames.
+    fn framed(&self, frame: Vec<u8>) -> Vec<u8> {
+        if self.profile.fixed_frames() {
+            wire::pad_frame(frame, self.max_msg_size)
+        } else {
+            frame
+        }
     }
 
     /// Sends `req` with a fresh token without waiting.
@@ -257,8 +382,9 @@ impl Driver {
         req: Request,
     ) -> Result<Pending, DriverError> {
         let name = req.name();
+        self.check_one_outstanding(name)?;
         let frame = req
-            .encode(dev_num, token)
+            .encode_for(self.profile, dev_num, token)
             .map_err(|source| DriverError::Encode { name, source })?;
         if frame.len() > self.max_msg_size {
             return Err(DriverError::Encode {
@@ -269,17 +395,19 @@ impl Driver {
                 },
             });
         }
+        let frame = self.framed(frame);
         self.bus.send(&frame)?;
         let dev_num = if req.namespace() == Namespace::Bus {
             0
         } else {
             dev_num
         };
-        // Pendings that are never waited for must not exhaust the token space.
-        if self.outstanding.len() >= OUTSTANDING_LIMIT {
-            self.outstanding.remove(0);
-        }
-        self.outstanding.push((dev_num, token));
+        self.remember(Outstanding {
+            dev_num,
+            token,
+            ns: req.namespace(),
+            msg_id: req.msg_id(),
+        });
         Ok(Pending {
             dev_num,
             token,
@@ -300,7 +428,6 @@ impl Driver {
         timeout: Duration,
     ) -> Result<Response, DriverError> {
         let got = self.wait_raw(p.dev_num, p.token, timeout);
-        self.outstanding.retain(|&k| k != (p.dev_num, p.token));
         let Some(rx) = got? else {
             return Err(DriverError::Timeout {
                 name: p.request.name(),
@@ -309,14 +436,20 @@ impl Driver {
                 timeout,
             });
         };
-        wire::check_response(&p.request, p.dev_num, p.token, &rx.frame, self.max_msg_size).map_err(
-            |source| DriverError::BadResponse {
-                name: p.request.name(),
-                dev_num: p.dev_num,
-                source,
-                frame: wire::hex(&rx.frame),
-            },
+        wire::check_response_for(
+            self.profile,
+            &p.request,
+            p.dev_num,
+            p.token,
+            &rx.frame,
+            self.max_msg_size,
         )
+        .map_err(|source| DriverError::BadResponse {
+            name: p.request.name(),
+            dev_num: p.dev_num,
+            source,
+            frame: wire::hex(&rx.frame),
+        })
     }
 
     /// Sends `req` and waits for its validated response.
@@ -327,7 +460,20 @@ impl Driver {
 
     /// Waits up to `timeout` for any response frame correlated with
     /// (`dev_num`, `token`), unvalidated. Events arriving meanwhile are queued.
+    /// The request is no longer outstanding afterwards, answered or not.
     pub fn wait_raw(
+        &mut self,
+        dev_num: u16,
+        token: u16,
+        timeout: Duration,
+    ) -> Result<Option<Received>, DriverError> {
+        let got = self.wait_correlated(dev_num, token, timeout);
+        self.outstanding
+            .retain(|o| (o.dev_num, o.token) != (dev_num, token));
+        got
+    }
+
+    fn wait_correlated(
         &mut self,
         dev_num: u16,
         token: u16,
@@ -365,10 +511,13 @@ impl Driver {
 
     /// Sends an event (token 0, as the Linux PoC does for events, §6.1).
     pub fn send_event(&mut self, ev: &Event) -> Result<(), DriverError> {
-        let frame = ev.encode(0).map_err(|source| DriverError::Encode {
-            name: "event",
-            source,
-        })?;
+        let frame = ev
+            .encode_for(self.profile, 0)
+            .map_err(|source| DriverError::Encode {
+                name: "event",
+                source,
+            })?;
+        let frame = self.framed(frame);
         self.bus.send(&frame)?;
         Ok(())
     }
@@ -426,7 +575,7 @@ impl Driver {
             return Ok(false);
         };
         let bytes = &self.rx_buf[..n.min(self.rx_buf.len())];
-        let (h, payload) = match wire::split_frame(bytes) {
+        let (mut h, payload) = match wire::split_frame_for(self.profile, bytes) {
             Ok(x) => x,
             Err(e) => {
                 log::debug!("dropping malformed frame: {e}");
@@ -440,6 +589,16 @@ impl Driver {
             return Ok(true);
         }
         if h.is_response() {
+            if !self.profile.has_token() {
+                // RFC2: the one outstanding request of this (dev_num, namespace, msg_id).
+                h.token = self
+                    .outstanding
+                    .iter()
+                    .find(|o| {
+                        o.dev_num == h.dev_num && o.ns == h.namespace() && o.msg_id == h.msg_id
+                    })
+                    .map_or(0, |o| o.token);
+            }
             self.seq += 1;
             let rx = Received {
                 seq: self.seq,
@@ -470,7 +629,8 @@ impl Driver {
             // The device side may PING us (§4.2 "either side"): echo it.
             if h.namespace() == Namespace::Bus && h.msg_id == bus_msg::PING && payload.len() >= 4 {
                 let data = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                if let Ok(f) = (Response::Ping { data }).encode(0, h.token) {
+                if let Ok(f) = (Response::Ping { data }).encode_for(self.profile, 0, h.token) {
+                    let f = self.framed(f);
                     self.bus.send(&f)?;
                 }
             }
@@ -641,10 +801,16 @@ impl Driver {
         }
     }
 
-    /// The largest GET_DEVICES window whose response fits the message size.
+    /// The largest GET_DEVICES window whose response fits the message size
+    /// (on v1 a multiple of 8: v1 windows are 8-aligned, §4.1).
     pub fn max_devices_window(&self) -> u16 {
-        let slots = (self.max_msg_size - wire::HEADER_SIZE - 6) * 8;
-        u16::try_from(slots).unwrap_or(u16::MAX)
+        let slots = (self.max_msg_size - self.header_size() - 6) * 8;
+        let cap = if self.profile == Profile::V1 {
+            0xFFF8
+        } else {
+            u16::MAX
+        };
+        u16::try_from(slots).unwrap_or(u16::MAX).min(cap)
     }
 
     /// Enumerates device numbers by walking GET_DEVICES windows (§4.1):
@@ -660,7 +826,14 @@ impl Driver {
             if w.next_offset == 0 {
                 return Ok(found);
             }
-            // check_response guarantees next_offset > offset, so this terminates.
+            // check_response makes next_offset > offset for a non-empty
+            // window; an empty one pointing back would loop forever.
+            if w.next_offset <= offset {
+                return Err(Self::proto(format!(
+                    "GET_DEVICES({offset}) answered next_offset {} without progress",
+                    w.next_offset
+                )));
+            }
             offset = w.next_offset;
         }
     }

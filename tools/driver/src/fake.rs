@@ -13,8 +13,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::bus::{BusIoError, DriverBus};
 use crate::virtq::{VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, need_event};
 use crate::wire::{
-    self, DeviceInfo, Event, Header, Namespace, Request, Response, VqueueInfo, feature, msg,
-    status, transport_feature, vq_flags,
+    self, DeviceInfo, Event, Header, Namespace, Profile, Request, Response, VqueueInfo, feature,
+    msg, status, transport_feature, vq_flags,
 };
 
 /// Single-rule deviations for negative tests of the suite.
@@ -29,8 +29,15 @@ pub(crate) struct Quirks {
     pub no_used_event: bool,
     pub sentinel_garbage: bool,
     pub process_before_driver_ok: bool,
-    /// Reset reports non-zero for this many GET_DEVICE_STATUS polls (conformant).
+    /// Reset reports non-zero for this many GET_DEVICE_STATUS polls
+    /// (conformant on v2, not on v1/RFC2).
     pub reset_pending_polls: u32,
+    /// v1/RFC2: apply v2 SET_VQUEUE semantics (flags 0 = stay disabled).
+    pub v2_set_vqueue: bool,
+    /// v1: accept SET_CONFIG whatever its generation.
+    pub ignore_generation: bool,
+    /// v1: answer GET_DEVICES with v2-style trimmed, unaligned windows.
+    pub unaligned_devices: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -48,6 +55,8 @@ struct Queue {
 #[derive(Debug)]
 pub(crate) struct FakeDevice {
     pub dev_num: u16,
+    /// Wire profile (v1/RFC2: SET_VQUEUE enables, v1: generations checked).
+    pub profile: Profile,
     pub info: DeviceInfo,
     pub offered: Vec<u32>,
     driver_features: BTreeMap<u32, u32>,
@@ -79,6 +88,7 @@ impl FakeDevice {
         ];
         FakeDevice {
             dev_num,
+            profile: Profile::V2,
             info: DeviceInfo {
                 device_id: 4,
                 vendor_id: 0x1234,
@@ -115,8 +125,19 @@ impl FakeDevice {
         } else {
             h.token
         };
-        let f = r.encode(h.dev_num, token).expect("encode");
+        let f = r
+            .encode_for(self.profile, h.dev_num, token)
+            .expect("encode");
         if f.len() <= self.max_msg_size {
+            self.push(f);
+        }
+    }
+
+    /// Queues a frame for the driver, padded on fixed-frame profiles.
+    fn push(&mut self, f: Vec<u8>) {
+        if self.profile.fixed_frames() {
+            self.out.push_back(wire::pad_frame(f, self.max_msg_size));
+        } else {
             self.out.push_back(f);
         }
     }
@@ -157,7 +178,7 @@ impl FakeDevice {
 
     pub fn handle(&mut self, frame: &[u8]) {
         self.received.push(frame.to_vec());
-        let Ok((h, p)) = wire::split_frame(frame) else {
+        let Ok((h, p)) = wire::split_frame_for(self.profile, frame) else {
             return;
         };
         if usize::from(h.msg_size) > self.max_msg_size {
@@ -178,16 +199,17 @@ impl FakeDevice {
             }
             return;
         }
-        let Ok(req) = Request::decode(&h, p) else {
+        let Ok(req) = Request::decode_for(self.profile, &h, p) else {
             return;
         };
+        let hdr = self.profile.header_size();
         match req {
             Request::GetDeviceInfo => self.reply(&h, Response::DeviceInfo(self.info)),
             Request::GetDeviceFeatures {
                 block_index,
                 num_blocks,
             } => {
-                if 16 + 4 * num_blocks as usize > self.max_msg_size {
+                if hdr + 8 + 4 * num_blocks as usize > self.max_msg_size {
                     return;
                 }
                 let features = (0..num_blocks)
@@ -241,8 +263,8 @@ impl FakeDevice {
                 if end > self.config.len() as u64 {
                     return;
                 }
-                let strict =
-                    self.transport_features & transport_feature::STRICT_CONFIG_GENERATION != 0;
+                let strict = (self.profile == Profile::V1 && !self.quirks.ignore_generation)
+                    || self.transport_features & transport_feature::STRICT_CONFIG_GENERATION != 0;
                 let length = if data.is_empty() || (strict && generation != self.generation) {
                     0
                 } else {
@@ -310,7 +332,8 @@ impl FakeDevice {
                             data: vec![],
                         },
                     };
-                    self.out.push_back(ev.encode(0).expect("encode"));
+                    let f = ev.encode_for(self.profile, 0).expect("encode");
+                    self.push(f);
                 }
             }
             Request::GetVqueue { index } => {
@@ -319,7 +342,8 @@ impl FakeDevice {
                         index,
                         max_size: q.max,
                         cur_size: q.size,
-                        flags: u32::from(q.enabled),
+                        // v1 has a reserved word there (0), RFC2 nothing.
+                        flags: u32::from(q.enabled && self.profile.has_vqueue_flags()),
                         desc_addr: q.desc,
                         driver_addr: q.driver,
                         device_addr: q.device,
@@ -333,7 +357,12 @@ impl FakeDevice {
                 };
                 self.reply(&h, Response::Vqueue(info));
             }
-            Request::SetVqueue(s) => {
+            Request::SetVqueue(mut s) => {
+                if !self.profile.has_vqueue_flags() && !self.quirks.v2_set_vqueue {
+                    // No flags word: configure everything and enable.
+                    s.flags = vq_flags::STATE_ENABLE;
+                    s.reserved = 0;
+                }
                 if let Some(q) = self.queues.get_mut(s.index as usize) {
                     let op = s.flags & vq_flags::STATE_MASK;
                     let ign = |b| s.flags & b != 0;
@@ -390,15 +419,24 @@ impl FakeDevice {
     }
 
     fn handle_bus(&mut self, h: &Header, p: &[u8]) {
-        let Ok(req) = Request::decode(h, p) else {
+        let Ok(req) = Request::decode_for(self.profile, h, p) else {
             return;
         };
+        let v1 = self.profile == Profile::V1 && !self.quirks.unaligned_devices;
         match req {
             Request::Ping { data } => self.reply(h, Response::Ping { data }),
             Request::GetDevices { offset, count } => {
-                let fit = ((self.max_msg_size - 14) * 8) as u32;
+                let fit = ((self.max_msg_size - self.profile.header_size() - 6) * 8) as u32;
                 let room = 65536 - u32::from(offset);
-                let n = u32::from(count).min(fit).min(room);
+                let mut n = u32::from(count).min(fit).min(room);
+                if v1 {
+                    // v1 windows are 8-aligned.
+                    n &= !7;
+                } else if self.quirks.unaligned_devices {
+                    // Trim the empty tail as v2 allows.
+                    let d = u32::from(self.dev_num);
+                    n = n.min((d + 1).saturating_sub(u32::from(offset)));
+                }
                 let mut bitmap = vec![0u8; (n as usize).div_ceil(8)];
                 let d = u32::from(self.dev_num);
                 if d >= u32::from(offset) && d < u32::from(offset) + n {
@@ -408,7 +446,8 @@ impl FakeDevice {
                 let end = u32::from(offset) + n;
                 let next_offset = match n {
                     // Empty window: point at the device if it lies beyond.
-                    0 if d > u32::from(offset) => d as u16,
+                    0 if v1 && d & !7 >= u32::from(offset) => (d & !7) as u16,
+                    0 if !v1 && d > u32::from(offset) => d as u16,
                     0 => 0,
                     _ if d >= end && end < 65536 => end as u16,
                     _ => 0,
@@ -510,7 +549,8 @@ impl FakeDevice {
                 dev_num: self.dev_num,
                 vq_index: index,
             };
-            self.out.push_back(ev.encode(0).expect("encode"));
+            let f = ev.encode_for(self.profile, 0).expect("encode");
+            self.push(f);
         }
     }
 }
@@ -550,6 +590,9 @@ impl FakeDeviceBus {
 impl DriverBus for FakeDeviceBus {
     fn max_msg_size(&self) -> usize {
         self.max
+    }
+    fn profile(&self) -> Profile {
+        self.device().profile
     }
     fn transport_features(&self) -> u32 {
         self.device().transport_features

@@ -23,7 +23,7 @@ fn rejects_bad_max_msg_size() {
     let b = FakeDeviceBus::new(FakeDevice::rng(0, 40));
     assert!(matches!(
         Driver::new(Box::new(b)),
-        Err(DriverError::BadMaxMsgSize(40))
+        Err(DriverError::BadMaxMsgSize { max: 40, .. })
     ));
 }
 
@@ -227,4 +227,107 @@ fn device_ping_is_answered() {
     let (h, _) = wire::split_frame(&last).expect("frame");
     assert!(h.is_response());
     assert_eq!((h.msg_id, h.token), (wire::bus_msg::PING, 44));
+}
+
+fn bus_for(profile: wire::Profile, max: usize) -> FakeDeviceBus {
+    let mut d = FakeDevice::rng(3, max);
+    d.profile = profile;
+    FakeDeviceBus::new(d)
+}
+
+#[test]
+fn rfc2_session_one_request_at_a_time() {
+    let b = bus_for(wire::Profile::Rfc2, 44);
+    let mut d = driver(&b);
+    assert_eq!(d.profile(), wire::Profile::Rfc2);
+    let p = d.submit(3, Request::GetDeviceStatus).expect("submit");
+    let e = d
+        .submit(3, Request::GetDeviceInfo)
+        .expect_err("a second request while one is outstanding");
+    assert!(matches!(e, DriverError::Outstanding { .. }), "{e}");
+    // Frames are padded to the 44-byte bus maximum, the token is not on the wire.
+    let sent = b.device().received.last().cloned().expect("sent");
+    assert_eq!(sent.len(), 44);
+    assert_eq!(&sent[..6], &[0, wire::msg::GET_DEVICE_STATUS, 3, 0, 6, 0]);
+    // The response (token 0 on the wire) is correlated by dev_num and msg_id.
+    assert!(matches!(
+        d.wait(&p).expect("response"),
+        Response::DeviceStatus { .. }
+    ));
+    d.submit(3, Request::GetDeviceInfo).expect("free again");
+}
+
+#[test]
+fn rfc2_stray_response_is_not_claimed() {
+    let b = bus_for(wire::Profile::Rfc2, 44);
+    let mut d = driver(&b);
+    // A GET_DEVICE_INFO response nobody asked for must not satisfy a
+    // GET_DEVICE_STATUS request.
+    let stray = Response::DeviceStatus { status: 1 }
+        .encode_for(wire::Profile::Rfc2, 3, 0)
+        .expect("encode");
+    b.device().out_push_for_test(wire::pad_frame(stray, 44));
+    let info = d.get_device_info(3).expect("info");
+    assert_eq!(info.num_feature_blocks, 2);
+    assert_eq!(d.take_unclaimed().len(), 1);
+}
+
+#[test]
+fn old_profiles_require_synchronous_reset() {
+    for profile in [wire::Profile::V1, wire::Profile::Rfc2] {
+        let b = bus_for(profile, 264);
+        b.device().quirks.reset_pending_polls = 1;
+        let e =
+            VirtioDevice::initialize(driver(&b), 3, &FeatureSet::new()).expect_err("pending reset");
+        assert!(
+            matches!(e, InitError::ResetNotSynchronous { status: 1, .. }),
+            "{profile}: {e}"
+        );
+    }
+}
+
+#[test]
+fn full_init_and_rng_under_every_profile() {
+    for profile in wire::Profile::ALL {
+        for max in [profile.min_max_msg_size(), 264] {
+            let b = bus_for(profile, max);
+            let d = driver(&b);
+            let mut dev = VirtioDevice::initialize(d, 3, &FeatureSet::new()).expect("init");
+            // Config chunks follow the header size (26 bytes on a 44-byte RFC2 bus).
+            assert_eq!(dev.config_chunk(), max - profile.header_size() - 12);
+            assert_eq!(
+                dev.read_config(0, 12).expect("cfg"),
+                (0..12).collect::<Vec<u8>>()
+            );
+            // v1 sends the generation it saw; a stale one would be refused.
+            dev.write_config(4, &[9, 9]).expect("write");
+            let q = dev.setup_queue(0, 16).expect("queue");
+            assert_eq!(q.layout().size, 16);
+            dev.driver_ok().expect("driver ok");
+            let mut r = Rng::open(dev.into_driver(), 3).expect("open");
+            assert_eq!(r.read(100).expect("read").len(), 100, "{profile} {max}");
+            let mut d = r.close().expect("close");
+            assert_eq!(d.discover().expect("discover"), vec![3], "{profile} {max}");
+        }
+    }
+}
+
+#[test]
+fn session_refuses_a_bus_of_another_profile_or_size() {
+    let b = bus_for(wire::Profile::V1, 264);
+    assert!(matches!(
+        Driver::with_profile(Box::new(b), wire::Profile::V2),
+        Err(DriverError::ProfileMismatch { .. })
+    ));
+    let b = bus_for(wire::Profile::V1, 44);
+    assert!(matches!(
+        Driver::new(Box::new(b)),
+        Err(DriverError::BadMaxMsgSize {
+            max: 44,
+            min: 48,
+            ..
+        })
+    ));
+    let b = bus_for(wire::Profile::Rfc2, 44);
+    assert!(Driver::new(Box::new(b)).is_ok());
 }

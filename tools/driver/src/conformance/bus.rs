@@ -3,7 +3,7 @@
 //! a bus that answers must follow the definition.
 
 use super::{Case, CaseError, CaseResult, Ctx, ensure};
-use crate::wire::{self, Header, Request, Response, ty};
+use crate::wire::{self, Header, Profile, Request, Response, ty};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -32,6 +32,13 @@ pub(super) fn cases() -> Vec<Case> {
             bitmap_tail,
         ),
         Case::new(
+            "bus.get_devices_v1_aligned",
+            "§4.1, §7.1",
+            "v1: windows are 8-aligned; response count a multiple of 8, next_offset 0 or aligned ≥ offset + count",
+            v1_aligned,
+        )
+        .only(&[Profile::V1], "only v1 requires 8-aligned windows"),
+        Case::new(
             "bus.get_devices_next_offset",
             "§4.1",
             "next_offset is 0 or > the request offset, and enumeration terminates",
@@ -47,14 +54,15 @@ fn bus_req(c: &mut Ctx, req: Request) -> Result<Option<(Header, Response)>, Case
     let Some(rx) = c.drv().wait_raw(0, p.token, to)? else {
         return Ok(None);
     };
-    let max = c.drv().max_msg_size();
-    let r = wire::check_response(&p.request, 0, p.token, &rx.frame, max).map_err(|e| {
-        CaseError::Fail(format!(
-            "invalid {} response: {e} ({})",
-            p.request.name(),
-            wire::hex(&rx.frame)
-        ))
-    })?;
+    let (max, profile) = (c.drv().max_msg_size(), c.profile());
+    let r =
+        wire::check_response_for(profile, &p.request, 0, p.token, &rx.frame, max).map_err(|e| {
+            CaseError::Fail(format!(
+                "invalid {} response: {e} ({})",
+                p.request.name(),
+                wire::hex(&rx.frame)
+            ))
+        })?;
     Ok(Some((rx.header, r)))
 }
 
@@ -73,7 +81,11 @@ fn ping_echo(c: &mut Ctx) -> CaseResult {
             h.ty
         );
         ensure!(h.dev_num == 0, "PING response dev_num {}", h.dev_num);
-        ensure!(h.msg_size == 12, "PING response msg_size {}", h.msg_size);
+        ensure!(
+            usize::from(h.msg_size) == c.hdr() + 4,
+            "PING response msg_size {}",
+            h.msg_size
+        );
     }
     Ok(())
 }
@@ -111,9 +123,10 @@ fn count_zero(c: &mut Ctx) -> CaseResult {
             count == 0 && bitmap.is_empty(),
             "count 0 request answered count {count}"
         );
+        let want = c.hdr() + 6;
         ensure!(
-            h.msg_size == 14,
-            "count-0 response msg_size {} (expected 14)",
+            usize::from(h.msg_size) == want,
+            "count-0 response msg_size {} (expected {want})",
             h.msg_size
         );
     }
@@ -122,13 +135,18 @@ fn count_zero(c: &mut Ctx) -> CaseResult {
 
 fn bitmap_tail(c: &mut Ctx) -> CaseResult {
     let d = c.dev_num;
-    let windows = [
-        (0u16, 3u16),
-        (0, 13),
-        (d, 1),
-        (d - d % 8, 5),
-        (d.saturating_sub(2), 7),
-    ];
+    let windows = if c.profile() == Profile::V1 {
+        // v1 windows are 8-aligned (§4.1).
+        vec![(0u16, 8u16), (0, 16), (d & !7, 8), (d & !7, 16)]
+    } else {
+        vec![
+            (0u16, 3u16),
+            (0, 13),
+            (d, 1),
+            (d - d % 8, 5),
+            (d.saturating_sub(2), 7),
+        ]
+    };
     for (offset, count) in windows {
         let Some((h, r)) = bus_req(c, Request::GetDevices { offset, count })? else {
             return Err(unimplemented("GET_DEVICES"));
@@ -142,7 +160,7 @@ fn bitmap_tail(c: &mut Ctx) -> CaseResult {
         // check_response enforced n ≤ count.
         let bytes = usize::from(n).div_ceil(8);
         ensure!(
-            usize::from(h.msg_size) == 14 + bytes,
+            usize::from(h.msg_size) == c.hdr() + 6 + bytes,
             "GET_DEVICES({offset}, {count}): msg_size {} for count {n}",
             h.msg_size
         );
@@ -154,10 +172,11 @@ fn bitmap_tail(c: &mut Ctx) -> CaseResult {
                 bitmap[bytes - 1]
             );
         }
-        if offset == d && n >= 1 {
+        if d >= offset && u32::from(d) < u32::from(offset) + u32::from(n) {
+            let b = d - offset;
             ensure!(
-                bitmap[0] & 1 != 0,
-                "GET_DEVICES({d}, {count}) does not show device {d}"
+                bitmap[usize::from(b / 8)] & (1 << (b % 8)) != 0,
+                "GET_DEVICES({offset}, {count}) does not show device {d}"
             );
         }
     }
@@ -166,7 +185,12 @@ fn bitmap_tail(c: &mut Ctx) -> CaseResult {
 
 fn next_offset(c: &mut Ctx) -> CaseResult {
     let d = c.dev_num;
-    for (offset, count) in [(0u16, 8u16), (0, 1), (d, 1), (0xFFF8, 8), (0xFFFF, 1)] {
+    let windows = if c.profile() == Profile::V1 {
+        vec![(0u16, 8u16), (d & !7, 8), (0xFFF0, 8), (0xFFF8, 8)]
+    } else {
+        vec![(0u16, 8u16), (0, 1), (d, 1), (0xFFF8, 8), (0xFFFF, 1)]
+    };
+    for (offset, count) in windows {
         let Some((_, r)) = bus_req(c, Request::GetDevices { offset, count })? else {
             return Err(unimplemented("GET_DEVICES"));
         };
@@ -174,7 +198,7 @@ fn next_offset(c: &mut Ctx) -> CaseResult {
         let Response::Devices { next_offset, .. } = r else {
             return Err(CaseError::Fail(format!("unexpected {r:?}")));
         };
-        if offset == 0xFFFF {
+        if u32::from(offset) + u32::from(count) == 0x10000 {
             ensure!(
                 next_offset == 0,
                 "window at the last device number answered next_offset {next_offset}"
@@ -183,5 +207,21 @@ fn next_offset(c: &mut Ctx) -> CaseResult {
     }
     // A full walk from 0 terminates (strictly increasing offsets) and ends with next_offset 0.
     c.drv().discover()?;
+    Ok(())
+}
+
+fn v1_aligned(c: &mut Ctx) -> CaseResult {
+    // check_response_for(V1) enforces the alignment rules on every answer.
+    let d = c.dev_num;
+    for (offset, count) in [(0u16, 8u16), (0, 64), (d & !7, 8), (d & !7, 0), (0x8000, 8)] {
+        if bus_req(c, Request::GetDevices { offset, count })?.is_none() {
+            return Err(unimplemented("GET_DEVICES"));
+        }
+    }
+    let found = c.drv().discover()?;
+    ensure!(
+        found.contains(&d),
+        "dev_num {d} not listed by an aligned GET_DEVICES walk (found {found:?})"
+    );
     Ok(())
 }

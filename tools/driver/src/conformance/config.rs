@@ -5,7 +5,7 @@
 //! response rules without changing the device's configuration.
 
 use super::{Case, CaseError, CaseResult, Ctx, ensure};
-use crate::wire::{RawFrame, Request, Response};
+use crate::wire::{Profile, Request, Response};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -50,18 +50,27 @@ pub(super) fn cases() -> Vec<Case> {
             "§2, §9.8",
             "baseline profile: the request generation is ignored, and a mismatch triggers no EVENT_CONFIG",
             baseline_ignores,
+        )
+        .only(
+            &[Profile::V2, Profile::Rfc2],
+            "v1 has no baseline profile: the device always checks the generation (§2)",
         ),
         Case::new(
             "config.strict_rejects_stale_generation",
-            "§2",
-            "strict profile: a stale generation is rejected with length 0",
+            "§2, §7.1",
+            "strict profile (and always on v1): a stale generation is rejected with length 0",
             strict_rejects,
         ),
     ]
 }
 
 fn chunk(c: &mut Ctx) -> u32 {
-    (c.drv().max_msg_size() - 20) as u32
+    (c.drv().max_msg_size() - c.hdr() - 12) as u32
+}
+
+/// Size of a GET_CONFIG/SET_CONFIG response carrying `data` bytes.
+fn config_resp(c: &Ctx, data: u32) -> u32 {
+    c.hdr() as u32 + 12 + data
 }
 
 /// Reads `[0, min(config_size, chunk))` in one message: (generation, bytes).
@@ -96,9 +105,10 @@ fn get_echo(c: &mut Ctx) -> CaseResult {
         offset: 0,
         length: 0,
     })?;
+    let want = config_resp(c, 0);
     ensure!(
-        h.msg_size == 20,
-        "GET_CONFIG(0, 0) response msg_size {} (expected 20)",
+        u32::from(h.msg_size) == want,
+        "GET_CONFIG(0, 0) response msg_size {} (expected {want})",
         h.msg_size
     );
     while off < size {
@@ -108,7 +118,7 @@ fn get_echo(c: &mut Ctx) -> CaseResult {
             length: len,
         })?;
         ensure!(
-            u32::from(h.msg_size) == 20 + len,
+            u32::from(h.msg_size) == config_resp(c, len),
             "GET_CONFIG({off}, {len}) response msg_size {}",
             h.msg_size
         );
@@ -136,7 +146,9 @@ fn get_past_size(c: &mut Ctx) -> CaseResult {
         (u32::MAX, 2),
     ] {
         let t = c.drv().alloc_token();
-        let f = RawFrame::from_request(&Request::GetConfig { offset, length }, dev, t).build();
+        let f = c
+            .raw(&Request::GetConfig { offset, length }, dev, t)
+            .build();
         frames.push((
             f,
             format!("GET_CONFIG(offset {offset}, length {length}) with config_size {size}"),
@@ -153,16 +165,17 @@ fn set_past_size(c: &mut Ctx) -> CaseResult {
     for (offset, len) in [(size, 1usize), (size.saturating_sub(1), 2), (u32::MAX, 2)] {
         let t = c.drv().alloc_token();
         let data = vec![0xA5; len];
-        let f = RawFrame::from_request(
-            &Request::SetConfig {
-                generation: 0,
-                offset,
-                data,
-            },
-            dev,
-            t,
-        )
-        .build();
+        let f = c
+            .raw(
+                &Request::SetConfig {
+                    generation: 0,
+                    offset,
+                    data,
+                },
+                dev,
+                t,
+            )
+            .build();
         frames.push((
             f,
             format!("SET_CONFIG(offset {offset}, length {len}) with config_size {size}"),
@@ -199,9 +212,10 @@ fn set_len_zero(c: &mut Ctx) -> CaseResult {
         "length-0 SET_CONFIG answered length {length} with {} data bytes",
         data.len()
     );
+    let want = config_resp(c, 0);
     ensure!(
-        h.msg_size == 20,
-        "response msg_size {} (expected 20)",
+        u32::from(h.msg_size) == want,
+        "response msg_size {} (expected {want})",
         h.msg_size
     );
     let (g2, after) = head(c)?;
@@ -233,9 +247,10 @@ fn set_all_or_nothing(c: &mut Ctx) -> CaseResult {
         "length {length} for a {n}-byte write"
     );
     let size = u32::from(h.msg_size);
+    let empty = config_resp(c, 0);
     ensure!(
-        size == 20 || (length == n && size == 20 + n),
-        "msg_size {size}: neither 20 nor 20 + {n} with the data echo"
+        size == empty || (length == n && size == empty + n),
+        "msg_size {size}: neither {empty} nor {empty} + {n} with the data echo"
     );
     if !data.is_empty() {
         ensure!(
@@ -270,7 +285,8 @@ fn generation_current(c: &mut Ctx) -> CaseResult {
 }
 
 fn baseline_ignores(c: &mut Ctx) -> CaseResult {
-    if c.drv().strict_config_generation() {
+    if c.drv().transport_features() & crate::wire::transport_feature::STRICT_CONFIG_GENERATION != 0
+    {
         return Err(CaseError::Skip("bus selects the strict profile".into()));
     }
     need_config(c)?;
@@ -301,7 +317,10 @@ fn baseline_ignores(c: &mut Ctx) -> CaseResult {
 
 fn strict_rejects(c: &mut Ctx) -> CaseResult {
     if !c.drv().strict_config_generation() {
-        return Err(CaseError::Skip("bus selects the baseline profile".into()));
+        return Err(CaseError::Skip(format!(
+            "{} bus selects the baseline profile",
+            c.profile()
+        )));
     }
     need_config(c)?;
     let (g0, before) = head(c)?;

@@ -1,4 +1,7 @@
 //! Header parsing, sizes, namespaces, unknown ids and dev_nums (§1, §6.3, §9.1–§9.3).
+//!
+//! Every frame is built in the layout of the profile under test (RFC2: the
+//! 6-byte header without token), and sent unpadded.
 
 use super::{Case, CaseError, CaseResult, Ctx, Dropped, ensure};
 use crate::wire::{
@@ -10,13 +13,13 @@ pub(super) fn cases() -> Vec<Case> {
         Case::new(
             "frame.header_shorter_than_8",
             "§9.1",
-            "frames shorter than the 8-byte header are dropped",
+            "frames shorter than the header (8 bytes, RFC2 6) are dropped",
             header_short,
         ),
         Case::new(
             "frame.msg_size_below_header",
             "§9.1, §1",
-            "msg_size < 8 is dropped",
+            "msg_size below the header size is dropped",
             msg_size_below_header,
         ),
         Case::new(
@@ -102,7 +105,7 @@ pub(super) fn cases() -> Vec<Case> {
         v.push(Case::new(
             name,
             "§9.3, §6.3",
-            "msg_size below 8 + the fixed payload is dropped",
+            "msg_size below the header + the fixed payload is dropped",
             move |c: &mut Ctx| short_payload(c, ns, id),
         ));
     }
@@ -111,12 +114,13 @@ pub(super) fn cases() -> Vec<Case> {
 
 fn status_frame(c: &mut Ctx) -> RawFrame {
     let t = c.drv().alloc_token();
-    RawFrame::from_request(&Request::GetDeviceStatus, c.dev_num, t)
+    c.raw(&Request::GetDeviceStatus, c.dev_num, t)
 }
 
 fn header_short(c: &mut Ctx) -> CaseResult {
+    // A GET_DEVICE_STATUS frame is exactly one header long.
     let full = status_frame(c).build();
-    let frames: Vec<_> = [1usize, 4, 7]
+    let frames: Vec<_> = [1usize, 4, c.hdr() - 1]
         .iter()
         .map(|&n| (full[..n].to_vec(), format!("a {n}-byte frame")))
         .collect();
@@ -125,7 +129,8 @@ fn header_short(c: &mut Ctx) -> CaseResult {
 
 fn msg_size_below_header(c: &mut Ctx) -> CaseResult {
     let mut frames = Vec::new();
-    for s in [0u16, 4, 7] {
+    let below = c.hdr() as u16 - 1;
+    for s in [0u16, 4, below] {
         frames.push((
             status_frame(c).msg_size(s).build(),
             format!("GET_DEVICE_STATUS with msg_size {s}"),
@@ -136,17 +141,26 @@ fn msg_size_below_header(c: &mut Ctx) -> CaseResult {
 
 fn msg_size_exceeds(c: &mut Ctx) -> CaseResult {
     let mut frames = Vec::new();
-    for s in [9u16, 16] {
+    let hdr = c.hdr();
+    for s in [hdr as u16 + 1, hdr as u16 + 8] {
         frames.push((
             status_frame(c).msg_size(s).build(),
-            format!("8 bytes claiming msg_size {s}"),
+            format!("{hdr} bytes claiming msg_size {s}"),
         ));
     }
     let t = c.drv().alloc_token();
-    let f = RawFrame::from_request(&Request::GetVqueue { index: 0 }, c.dev_num, t)
-        .truncate(10)
+    let f = c
+        .raw(&Request::GetVqueue { index: 0 }, c.dev_num, t)
+        .truncate(hdr + 2)
         .build();
-    frames.push((f, "GET_VQUEUE of 10 bytes claiming msg_size 12".into()));
+    frames.push((
+        f,
+        format!(
+            "GET_VQUEUE of {} bytes claiming msg_size {}",
+            hdr + 2,
+            hdr + 4
+        ),
+    ));
     c.expect_all_dropped(&frames)
 }
 
@@ -158,8 +172,9 @@ fn msg_size_above_max(c: &mut Ctx) -> CaseResult {
             "max_msg_size {max} leaves no representable larger msg_size"
         )));
     };
+    let hdr = c.hdr();
     let f = status_frame(c)
-        .payload_len(size - 8)
+        .payload_len(size - hdr)
         .msg_size(size16)
         .build();
     match c.expect_dropped(
@@ -176,10 +191,8 @@ fn msg_size_above_max(c: &mut Ctx) -> CaseResult {
 fn reserved_type_bits(c: &mut Ctx) -> CaseResult {
     for t in [0x04u8, 0xFC] {
         let token = c.drv().alloc_token();
-        let f = RawFrame::from_request(&Request::GetDeviceStatus, c.dev_num, token)
-            .ty(t)
-            .build();
-        c.drv().send_frame(&f)?;
+        let f = c.raw(&Request::GetDeviceStatus, c.dev_num, token).ty(t);
+        c.drv().send_raw(&f)?;
         let (dev, to) = (c.dev_num, c.cfg.timeout);
         let rx = c.drv().wait_raw(dev, token, to)?;
         let Some(rx) = rx else {
@@ -187,8 +200,8 @@ fn reserved_type_bits(c: &mut Ctx) -> CaseResult {
                 "no response to GET_DEVICE_STATUS with type {t:#04x}"
             )));
         };
-        let max = c.drv().max_msg_size();
-        wire::check_response(&Request::GetDeviceStatus, dev, token, &rx.frame, max)
+        let (max, p) = (c.drv().max_msg_size(), c.profile());
+        wire::check_response_for(p, &Request::GetDeviceStatus, dev, token, &rx.frame, max)
             .map_err(|e| CaseError::Fail(format!("type {t:#04x}: invalid response: {e}")))?;
     }
     Ok(())
@@ -210,13 +223,13 @@ fn response_typed(c: &mut Ctx) -> CaseResult {
         ),
     ] {
         let token = c.drv().alloc_token();
-        let f = RawFrame::from_request(&req, dev, token).ty(t).build();
+        let f = c.raw(&req, dev, token).ty(t).build();
         frames.push((f, format!("{} with type {t:#04x}", req.name())));
     }
     // A well-formed response body too (a device that parses by msg_id alone would act on it).
     let token = c.drv().alloc_token();
     let f = Response::DeviceStatus { status: 0 }
-        .encode(dev, token)
+        .encode_for(c.profile(), dev, token)
         .map_err(|e| CaseError::Fail(e.to_string()))?;
     frames.push((f, "a GET_DEVICE_STATUS response frame".into()));
     c.expect_all_dropped(&frames)
@@ -230,11 +243,9 @@ fn larger_accepted(c: &mut Ctx) -> CaseResult {
         (Request::GetDeviceInfo, 4),
     ] {
         let token = c.drv().alloc_token();
-        let body = req.payload();
-        let f = RawFrame::from_request(&req, dev, token)
-            .payload_len(body.len() + extra)
-            .build();
-        c.drv().send_frame(&f)?;
+        let body = req.payload_for(c.profile());
+        let f = c.raw(&req, dev, token).payload_len(body.len() + extra);
+        c.drv().send_raw(&f)?;
         let to = c.cfg.timeout;
         let Some(rx) = c.drv().wait_raw(dev, token, to)? else {
             return Err(CaseError::Fail(format!(
@@ -242,8 +253,8 @@ fn larger_accepted(c: &mut Ctx) -> CaseResult {
                 req.name()
             )));
         };
-        let max = c.drv().max_msg_size();
-        wire::check_response(&req, dev, token, &rx.frame, max)
+        let (max, p) = (c.drv().max_msg_size(), c.profile());
+        wire::check_response_for(p, &req, dev, token, &rx.frame, max)
             .map_err(|e| CaseError::Fail(format!("{}: invalid response: {e}", req.name())))?;
     }
     Ok(())
@@ -251,7 +262,7 @@ fn larger_accepted(c: &mut Ctx) -> CaseResult {
 
 fn short_payload(c: &mut Ctx, ns: Namespace, id: u8) -> CaseResult {
     let dev = c.dev_num;
-    let fixed = Request::fixed_payload(ns, id).unwrap_or(0);
+    let fixed = Request::fixed_payload_for(c.profile(), ns, id).unwrap_or(0);
     let body = match (ns, id) {
         (Namespace::Transport, msg::GET_DEVICE_FEATURES) => Request::GetDeviceFeatures {
             block_index: 0,
@@ -292,16 +303,15 @@ fn short_payload(c: &mut Ctx, ns: Namespace, id: u8) -> CaseResult {
         msg::SET_VQUEUE if ns == Namespace::Transport => {
             c.to_features_ok(&[])?;
             let (q, max) = c.first_queue()?;
-            let s = c.rings(q, Ctx::small_size(max), crate::wire::vq_flags::STATE_ENABLE)?;
+            let flags = c.enable_flags();
+            let s = c.rings(q, Ctx::small_size(max), flags)?;
             Some(Request::SetVqueue(s))
         }
         _ => None,
     };
     let req = queue.unwrap_or(body);
     let token = c.drv().alloc_token();
-    let f = RawFrame::from_request(&req, dev, token)
-        .payload_len(fixed - 1)
-        .build();
+    let f = c.raw(&req, dev, token).payload_len(fixed - 1).build();
     match c.expect_dropped(
         &f,
         &format!(
@@ -341,16 +351,17 @@ fn variable_part(c: &mut Ctx) -> CaseResult {
     let mut frames = Vec::new();
     // num_blocks = 2 but one feature word.
     let token = c.drv().alloc_token();
-    let f = RawFrame::from_request(
-        &Request::SetDriverFeatures {
-            block_index: 0,
-            features: vec![0, 0],
-        },
-        dev,
-        token,
-    )
-    .payload_len(12)
-    .build();
+    let f = c
+        .raw(
+            &Request::SetDriverFeatures {
+                block_index: 0,
+                features: vec![0, 0],
+            },
+            dev,
+            token,
+        )
+        .payload_len(12)
+        .build();
     frames.push((
         f,
         "SET_DRIVER_FEATURES num_blocks 2 with 1 word".to_string(),
@@ -369,23 +380,25 @@ fn variable_part(c: &mut Ctx) -> CaseResult {
         .iter()
         .map(|b| !b)
         .collect();
-    let f = RawFrame::from_request(
-        &Request::SetConfig {
-            generation: 0,
-            offset: 0,
-            data,
-        },
-        dev,
-        token,
-    )
-    .payload_len(14)
-    .build();
+    let f = c
+        .raw(
+            &Request::SetConfig {
+                generation: 0,
+                offset: 0,
+                data,
+            },
+            dev,
+            token,
+        )
+        .payload_len(14)
+        .build();
     frames.push((f, "SET_CONFIG length 4 with 2 data bytes".to_string()));
     // GET_CONFIG is fixed-size, but SET_CONFIG data claiming more than 64 KiB must not be read past the frame.
     let token = c.drv().alloc_token();
     let mut p = vec![0u8; 12];
     p[8..12].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
-    let f = RawFrame::new(0, msg::SET_CONFIG)
+    let f = c
+        .raw_new(0, msg::SET_CONFIG)
         .dev_num(dev)
         .token(token)
         .payload(&p)
@@ -407,7 +420,8 @@ fn unknown_transport_ids(c: &mut Ctx) -> CaseResult {
     let mut frames = Vec::new();
     for id in [0x00u8, 0x01, 0x0D, 0x20, 0x3F, 0x80, 0xBF] {
         let token = c.drv().alloc_token();
-        let f = RawFrame::new(0, id)
+        let f = c
+            .raw_new(0, id)
             .dev_num(dev)
             .token(token)
             .payload(&[0; 8])
@@ -422,10 +436,7 @@ fn unknown_bus_ids(c: &mut Ctx) -> CaseResult {
     // 0x80+ is the bus-specific range a bus may use: only the standard range is probed.
     for id in [0x00u8, 0x01, 0x04, 0x20, 0x3F] {
         let token = c.drv().alloc_token();
-        let f = RawFrame::new(ty::BUS, id)
-            .token(token)
-            .payload(&[0; 8])
-            .build();
+        let f = c.raw_new(ty::BUS, id).token(token).payload(&[0; 8]).build();
         frames.push((f, format!("bus msg_id {id:#04x}")));
     }
     c.expect_all_dropped(&frames)
@@ -436,41 +447,41 @@ fn events_never_answered(c: &mut Ctx) -> CaseResult {
     let maxq = c.info()?.max_virtqueues;
     let frames = vec![
         (
-            RawFrame::new(0, msg::EVENT_AVAIL)
+            c.raw_new(0, msg::EVENT_AVAIL)
                 .dev_num(dev)
                 .payload(&[0; 8])
                 .build(),
             "EVENT_AVAIL for unconfigured queue 0".to_string(),
         ),
         (
-            RawFrame::new(0, msg::EVENT_AVAIL)
+            c.raw_new(0, msg::EVENT_AVAIL)
                 .dev_num(dev)
                 .payload(&[&maxq.to_le_bytes()[..], &[0; 4]].concat())
                 .build(),
             "EVENT_AVAIL for queue max_virtqueues".to_string(),
         ),
         (
-            RawFrame::new(0, msg::EVENT_USED)
+            c.raw_new(0, msg::EVENT_USED)
                 .dev_num(dev)
                 .payload(&[0; 4])
                 .build(),
             "EVENT_USED sent to the device".to_string(),
         ),
         (
-            RawFrame::new(0, msg::EVENT_CONFIG)
+            c.raw_new(0, msg::EVENT_CONFIG)
                 .dev_num(dev)
                 .payload(&[0; 16])
                 .build(),
             "EVENT_CONFIG sent to the device".to_string(),
         ),
         (
-            RawFrame::new(ty::BUS, bus_msg::EVENT_DEVICE)
+            c.raw_new(ty::BUS, bus_msg::EVENT_DEVICE)
                 .payload(&[&dev.to_le_bytes()[..], &1u16.to_le_bytes()].concat())
                 .build(),
             "bus EVENT_DEVICE sent to the device side".to_string(),
         ),
         (
-            RawFrame::new(0, 0x7F).dev_num(dev).payload(&[0; 8]).build(),
+            c.raw_new(0, 0x7F).dev_num(dev).payload(&[0; 8]).build(),
             "unknown standard event 0x7f".to_string(),
         ),
     ];
@@ -499,7 +510,7 @@ fn unknown_dev_num(c: &mut Ctx) -> CaseResult {
         Request::SetDeviceStatus { status: 0 },
     ] {
         let token = c.drv().alloc_token();
-        let f = RawFrame::from_request(&req, other, token).build();
+        let f = c.raw(&req, other, token).build();
         frames.push((f, format!("{} to dev_num {other}", req.name())));
     }
     for (f, what) in &frames {

@@ -3,7 +3,7 @@
 
 use super::{Case, CaseError, CaseResult, Ctx, ensure};
 use crate::device::{FeatureSet, check_info};
-use crate::wire::{Request, Response, feature, status};
+use crate::wire::{Profile, Request, Response, feature, status};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -30,6 +30,26 @@ pub(super) fn cases() -> Vec<Case> {
             "§3.8, §9.6",
             "writing status 0 reports 0 at once or after bounded polling",
             reset_completes,
+        ),
+        Case::new(
+            "reset.synchronous",
+            "§3.8, §7.1",
+            "v1/RFC2: SET_DEVICE_STATUS(0) answers 0, the reset done before the response",
+            reset_synchronous,
+        )
+        .only(
+            &[Profile::V1, Profile::Rfc2],
+            "v2 lets a reset finish after the response (status polled until 0)",
+        ),
+        Case::new(
+            "info.rfc2_64_feature_bits",
+            "interop §3.2, §7.2",
+            "RFC2: num_feature_bits is exactly 64 (the Linux RFC transport refuses anything else)",
+            rfc2_64_bits,
+        )
+        .only(
+            &[Profile::Rfc2],
+            "only the Linux RFC kernels (RFC2) require exactly 64 bits",
         ),
         Case::new(
             "reset.clears_status_and_queues",
@@ -102,10 +122,12 @@ pub(super) fn cases() -> Vec<Case> {
 
 fn info_first(c: &mut Ctx) -> CaseResult {
     let (h, r) = c.exact(Request::GetDeviceInfo)?;
+    let want = c.hdr() + c.profile().device_info_size();
     ensure!(
-        h.msg_size == 52,
-        "GET_DEVICE_INFO response msg_size {} (v2: 52)",
-        h.msg_size
+        usize::from(h.msg_size) == want,
+        "GET_DEVICE_INFO response msg_size {} ({}: {want})",
+        h.msg_size,
+        c.profile()
     );
     let Response::DeviceInfo(i) = r else {
         return Err(CaseError::Fail(format!("unexpected {r:?}")));
@@ -176,6 +198,36 @@ fn reset_completes(c: &mut Ctx) -> CaseResult {
     c.reset()?;
     let st = c.status()?;
     ensure!(st == 0, "status {st:#x} after reset completed");
+    Ok(())
+}
+
+fn reset_synchronous(c: &mut Ctx) -> CaseResult {
+    for _ in 0..2 {
+        c.to_features_ok(&[])?;
+        if let Ok((q, max)) = c.first_queue() {
+            c.enable_queue(q, max)?;
+        }
+        let st = c.status()?;
+        c.set_status_exact(st | status::DRIVER_OK)?;
+        let r = c.set_status(0)?;
+        ensure!(r == 0, "SET_DEVICE_STATUS(0) answered {r:#x}, not 0");
+        let g = c.status()?;
+        ensure!(
+            g == 0,
+            "GET_DEVICE_STATUS right after the reset reads {g:#x}"
+        );
+    }
+    Ok(())
+}
+
+fn rfc2_64_bits(c: &mut Ctx) -> CaseResult {
+    // The decoder already refused a bit count that is not a multiple of 32.
+    let n = c.info()?.num_feature_blocks;
+    ensure!(
+        n == 2,
+        "num_feature_bits {} (the Linux RFC transport needs exactly 64)",
+        u64::from(n) * 32
+    );
     Ok(())
 }
 

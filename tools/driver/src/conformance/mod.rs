@@ -6,6 +6,13 @@
 //! reason) or any other error (fail, with the reason). A dropped frame is
 //! proven by "no response within the drop window, then a valid answer to a
 //! following GET_DEVICE_STATUS" (dropped, not crashed).
+//!
+//! The suite runs under one wire [`Profile`] ([`SuiteConfig::profile`]).
+//! Frame sizes and layouts follow the profile; cases of rules that exist
+//! only in spec v2 are skipped under v1/RFC2 with the reason
+//! ([`Case::only`]), and cases of the older profiles' own rules (synchronous
+//! reset, SET_VQUEUE enabling, 8-aligned v1 GET_DEVICES, the Linux RFC's 64
+//! feature bits) run only there.
 
 mod bus;
 mod config;
@@ -26,7 +33,8 @@ use crate::mem::{AllocError, GuestAllocator};
 use crate::rng::RngError;
 use crate::virtq::{QueueLayout, VirtqError};
 use crate::wire::{
-    self, DeviceInfo, Event, Header, Request, Response, SetVqueue, VqueueInfo, status, vq_flags,
+    self, DeviceInfo, Event, Header, Profile, RawFrame, Request, Response, SetVqueue, VqueueInfo,
+    status, vq_flags,
 };
 
 /// Why a case did not pass.
@@ -101,6 +109,10 @@ pub struct Case {
     pub rule: &'static str,
     /// Device requirement.
     pub needs: Needs,
+    /// Wire profiles the rule exists in.
+    pub profiles: &'static [Profile],
+    /// Why the rule does not exist in the other profiles.
+    pub profile_note: &'static str,
     run: CaseFn,
 }
 
@@ -126,8 +138,18 @@ impl Case {
             spec,
             rule,
             needs: Needs::Any,
+            profiles: &Profile::ALL,
+            profile_note: "",
             run: Box::new(run),
         }
+    }
+
+    /// Restricts the case to the wire profiles whose rule it checks; under
+    /// the others it is skipped with `why`.
+    pub fn only(mut self, profiles: &'static [Profile], why: &'static str) -> Self {
+        self.profiles = profiles;
+        self.profile_note = why;
+        self
     }
 
     /// Restricts the case to a device type.
@@ -204,6 +226,9 @@ impl fmt::Display for Report {
 /// Suite tunables.
 #[derive(Debug, Clone)]
 pub struct SuiteConfig {
+    /// Wire profile of the bus under test; the bus must report the same
+    /// ([`DriverBus::profile`]).
+    pub profile: Profile,
     /// Comma-separated name substrings; empty runs every case.
     pub filter: String,
     /// Bound on each expected response.
@@ -217,6 +242,7 @@ pub struct SuiteConfig {
 impl Default for SuiteConfig {
     fn default() -> Self {
         SuiteConfig {
+            profile: Profile::V2,
             filter: String::new(),
             timeout: Duration::from_secs(1),
             drop_window: Duration::from_millis(100),
@@ -293,11 +319,14 @@ fn run_case<E: fmt::Display>(
     dev_num: u16,
     cfg: &SuiteConfig,
 ) -> Outcome {
+    if !case.profiles.contains(&cfg.profile) {
+        return Outcome::Skip(format!("not a {} rule: {}", cfg.profile, case.profile_note));
+    }
     let bus = match make_bus() {
         Ok(b) => b,
         Err(e) => return Outcome::Fail(format!("cannot connect: {e}")),
     };
-    let drv = match Driver::new(bus) {
+    let drv = match Driver::with_profile(bus, cfg.profile) {
         Ok(d) => d.with_timeout(cfg.timeout),
         Err(e) => return Outcome::Fail(format!("bad bus: {e}")),
     };
@@ -365,6 +394,42 @@ impl Ctx {
             .expect("driver taken by the case and not returned")
     }
 
+    /// The wire profile under test.
+    pub fn profile(&self) -> Profile {
+        self.cfg.profile
+    }
+
+    /// Header size of the profile (8, or 6 for RFC2).
+    pub fn hdr(&self) -> usize {
+        self.cfg.profile.header_size()
+    }
+
+    /// A raw frame of `req` in the profile's layout.
+    pub fn raw(&self, req: &Request, dev_num: u16, token: u16) -> RawFrame {
+        RawFrame::from_request_for(self.profile(), req, dev_num, token)
+    }
+
+    /// An arbitrary raw frame in the profile's header layout.
+    pub fn raw_new(&self, ty: u8, msg_id: u8) -> RawFrame {
+        RawFrame::new(ty, msg_id).profile(self.profile())
+    }
+
+    /// SET_VQUEUE `flags` that enable a queue: v2 state op 1; v1/RFC2 have
+    /// a reserved word there (0), and every SET_VQUEUE enables.
+    pub fn enable_flags(&self) -> u32 {
+        if self.profile().has_vqueue_flags() {
+            vq_flags::STATE_ENABLE
+        } else {
+            0
+        }
+    }
+
+    /// What GET_VQUEUE must read after `s` was applied to a queue of `max`
+    /// entries; the enabled bit is only visible in v2.
+    pub fn expected_after_set(&self, max: u32, s: &SetVqueue, enabled: bool) -> VqueueInfo {
+        expected_after_set(max, s, enabled && self.profile().has_vqueue_flags())
+    }
+
     /// Takes the session (e.g. for [`VirtioDevice`] or the rng frontend).
     pub fn take_driver(&mut self) -> Driver {
         self.drv.take().expect("driver already taken")
@@ -405,9 +470,15 @@ impl Ctx {
         Ok(())
     }
 
-    /// Reset: write 0 and poll until 0 (bounded, §3.8).
+    /// Reset: write 0 and poll until 0 (bounded, §3.8). On v1/RFC2 the
+    /// reset completes synchronously: the response must be 0 (§7.1).
     pub fn reset(&mut self) -> CaseResult {
         let mut st = self.set_status(0)?;
+        ensure!(
+            st == 0 || self.profile() == Profile::V2,
+            "{}: SET_DEVICE_STATUS(0) answered {st:#x}; the reset must complete synchronously",
+            self.profile()
+        );
         let deadline = Instant::now() + self.cfg.reset_timeout;
         while st != 0 {
             ensure!(
@@ -432,7 +503,7 @@ impl Ctx {
     /// All offered feature blocks, chunked to the message size.
     pub fn offered(&mut self) -> Result<FeatureSet, CaseError> {
         let n = self.info()?.num_feature_blocks;
-        let per = ((self.drv().max_msg_size() - 16) / 4) as u32;
+        let per = ((self.drv().max_msg_size() - self.hdr() - 8) / 4) as u32;
         let dev = self.dev_num;
         let mut blocks = Vec::new();
         let mut i = 0;
@@ -448,7 +519,7 @@ impl Ctx {
     pub fn write_features(&mut self, f: &FeatureSet) -> CaseResult {
         let n = self.info()?.num_feature_blocks as usize;
         let blocks = f.blocks(n);
-        let per = (self.drv().max_msg_size() - 16) / 4;
+        let per = (self.drv().max_msg_size() - self.hdr() - 8) / 4;
         let dev = self.dev_num;
         for (ci, chunk) in blocks.chunks(per).enumerate() {
             self.drv()
@@ -514,17 +585,18 @@ impl Ctx {
     pub fn vq(&mut self, index: u32) -> Result<VqueueInfo, CaseError> {
         let dev = self.dev_num;
         let q = self.drv().get_vqueue(dev, index)?;
-        q.check_consistency()
+        q.check_consistency_for(self.profile())
             .map_err(|e| CaseError::Fail(format!("GET_VQUEUE({index}): {e}")))?;
         Ok(q)
     }
 
-    /// SET_VQUEUE whose response must be exactly the 8-byte empty response (§3.10).
+    /// SET_VQUEUE whose response must be exactly the header-only empty response (§3.10).
     pub fn set_vq(&mut self, s: SetVqueue) -> CaseResult {
         let (h, _) = self.exact(Request::SetVqueue(s))?;
+        let want = self.hdr();
         ensure!(
-            h.msg_size == 8,
-            "SET_VQUEUE response msg_size {} (expected 8)",
+            usize::from(h.msg_size) == want,
+            "SET_VQUEUE response msg_size {} (expected {want})",
             h.msg_size
         );
         Ok(())
@@ -533,10 +605,11 @@ impl Ctx {
     /// Enables queue `index` with valid rings (flags = 1) and confirms it by
     /// exact GET_VQUEUE equality; returns what was set.
     pub fn enable_queue(&mut self, index: u32, max: u32) -> Result<SetVqueue, CaseError> {
-        let s = self.rings(index, Self::small_size(max), vq_flags::STATE_ENABLE)?;
+        let flags = self.enable_flags();
+        let s = self.rings(index, Self::small_size(max), flags)?;
         self.set_vq(s)?;
         let got = self.vq(index)?;
-        let want = expected_after_set(max, &s, true);
+        let want = self.expected_after_set(max, &s, true);
         ensure!(
             got == want,
             "after SET_VQUEUE {s:?}: GET_VQUEUE reads {got:?}, expected {want:?}"
@@ -556,15 +629,16 @@ impl Ctx {
                 p.request.name()
             )));
         };
-        let max = d.max_msg_size();
+        let (max, profile) = (d.max_msg_size(), d.profile());
         let resp =
-            wire::check_response(&p.request, p.dev_num, p.token, &rx.frame, max).map_err(|e| {
-                CaseError::Fail(format!(
-                    "invalid {} response: {e} ({})",
-                    p.request.name(),
-                    wire::hex(&rx.frame)
-                ))
-            })?;
+            wire::check_response_for(profile, &p.request, p.dev_num, p.token, &rx.frame, max)
+                .map_err(|e| {
+                    CaseError::Fail(format!(
+                        "invalid {} response: {e} ({})",
+                        p.request.name(),
+                        wire::hex(&rx.frame)
+                    ))
+                })?;
         Ok((rx.header, resp))
     }
 

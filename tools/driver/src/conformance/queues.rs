@@ -3,8 +3,15 @@
 //! SET_VQUEUE has an empty response in every case, so each no-op is proven
 //! by reading the queue back with GET_VQUEUE.
 
-use super::{Case, CaseError, CaseResult, Ctx, ensure, expected_after_set};
-use crate::wire::{SetVqueue, VqueueInfo, feature, vq_flags};
+use super::{Case, CaseError, CaseResult, Ctx, Needs, ensure};
+use crate::device::{FeatureSet, VirtioDevice};
+use crate::rng::VIRTIO_ID_RNG;
+use crate::virtq::Buffer;
+use crate::wire::{Profile, Request, SetVqueue, VqueueInfo, feature, status, vq_flags};
+
+/// Why the v2 SET_VQUEUE state-op cases do not apply elsewhere.
+const NO_FLAGS: &str =
+    "v1/RFC2 SET_VQUEUE has no flags word (state op, ignore bits, reserved rules)";
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -37,36 +44,53 @@ pub(super) fn cases() -> Vec<Case> {
             "§3.10 rule 2",
             "SET_VQUEUE with reserved ≠ 0 is an answered no-op",
             set_reserved,
-        ),
+        )
+        .only(&[Profile::V2], NO_FLAGS),
         Case::new(
             "vq.set_flags_reserved_bits_noop",
             "§3.10 rule 2",
             "SET_VQUEUE with flags bits 31:6 set is an answered no-op",
             set_flags_reserved,
-        ),
+        )
+        .only(&[Profile::V2], NO_FLAGS),
         Case::new(
             "vq.set_state_op_3_noop",
             "§3.10 rule 2",
             "SET_VQUEUE with state op 3 is an answered no-op",
             set_state_op3,
-        ),
+        )
+        .only(&[Profile::V2], NO_FLAGS),
         Case::new(
             "vq.set_cannot_disable_enabled",
             "§3.10 rule 3",
             "SET_VQUEUE cannot disable an enabled queue",
             set_cannot_disable,
-        ),
+        )
+        .only(&[Profile::V2], NO_FLAGS),
         Case::new(
             "vq.set_cannot_reconfigure_enabled",
             "§3.10 rule 4",
             "SET_VQUEUE cannot change size/addresses of an enabled queue",
             set_cannot_reconfigure,
-        ),
+        )
+        .only(&[Profile::V2], NO_FLAGS),
         Case::new(
             "vq.set_load_disabled_then_enable",
             "§3.10 rule 5",
             "flags=0 loads fields and stays disabled; enable with all fields ignored keeps them",
             set_load_then_enable,
+        )
+        .only(&[Profile::V2], NO_FLAGS),
+        Case::new(
+            "vq.set_configures_and_enables",
+            "§3.10, §7.1",
+            "v1/RFC2: SET_VQUEUE (reserved word 0) configures the queue and makes it live: buffers are used after DRIVER_OK",
+            set_enables_old,
+        )
+        .needs(Needs::DeviceId(VIRTIO_ID_RNG))
+        .only(
+            &[Profile::V1, Profile::Rfc2],
+            "v2 enables only with state op 1 (covered by vq.set_enable_roundtrip)",
         ),
         Case::new(
             "vq.reset_out_of_range_noop",
@@ -136,10 +160,11 @@ fn get_sentinel(c: &mut Ctx) -> CaseResult {
         if i < m {
             continue;
         }
-        let (h, _) = c.exact(crate::wire::Request::GetVqueue { index: i })?;
+        let (h, _) = c.exact(Request::GetVqueue { index: i })?;
+        let want = c.hdr() + c.profile().vqueue_size();
         ensure!(
-            h.msg_size == 48,
-            "GET_VQUEUE({i}) response msg_size {}",
+            usize::from(h.msg_size) == want,
+            "GET_VQUEUE({i}) response msg_size {} (expected {want})",
             h.msg_size
         );
         let q = c.drv().get_vqueue(dev, i)?;
@@ -160,7 +185,8 @@ fn set_roundtrip(c: &mut Ctx) -> CaseResult {
 fn set_out_of_range(c: &mut Ctx) -> CaseResult {
     let (q, max, before) = setup(c, &[])?;
     let m = c.info()?.max_virtqueues;
-    let mut s = c.rings(m, Ctx::small_size(max), vq_flags::STATE_ENABLE)?;
+    let flags = c.enable_flags();
+    let mut s = c.rings(m, Ctx::small_size(max), flags)?;
     c.set_vq(s)?;
     let got = c.vq(m)?;
     ensure!(
@@ -210,7 +236,7 @@ fn set_state_op3(c: &mut Ctx) -> CaseResult {
 fn set_cannot_disable(c: &mut Ctx) -> CaseResult {
     let (q, max, _) = setup(c, &[])?;
     let s = c.enable_queue(q, max)?;
-    let enabled = expected_after_set(max, &s, true);
+    let enabled = c.expected_after_set(max, &s, true);
     let keep = SetVqueue {
         flags: vq_flags::STATE_KEEP_DISABLED | vq_flags::ALL_IGNORE,
         ..s
@@ -236,7 +262,7 @@ fn set_cannot_disable(c: &mut Ctx) -> CaseResult {
 fn set_cannot_reconfigure(c: &mut Ctx) -> CaseResult {
     let (q, max, _) = setup(c, &[])?;
     let s = c.enable_queue(q, max)?;
-    let enabled = expected_after_set(max, &s, true);
+    let enabled = c.expected_after_set(max, &s, true);
     let other = c.rings(q, s.size, 0)?;
     let variants = [
         (
@@ -298,7 +324,7 @@ fn set_load_then_enable(c: &mut Ctx) -> CaseResult {
     let s = c.rings(q, Ctx::small_size(max), vq_flags::STATE_KEEP_DISABLED)?;
     c.set_vq(s)?;
     let loaded = c.vq(q)?;
-    let want = expected_after_set(max, &s, false);
+    let want = c.expected_after_set(max, &s, false);
     ensure!(
         loaded == want,
         "SET_VQUEUE(flags=0) on a disabled queue: GET reads {loaded:?}, expected {want:?}"
@@ -313,7 +339,7 @@ fn set_load_then_enable(c: &mut Ctx) -> CaseResult {
     };
     c.set_vq(en)?;
     let got = c.vq(q)?;
-    let want = expected_after_set(max, &s, true);
+    let want = c.expected_after_set(max, &s, true);
     ensure!(
         got == want,
         "enable with every field ignored: GET reads {got:?}, expected {want:?}"
@@ -324,12 +350,12 @@ fn set_load_then_enable(c: &mut Ctx) -> CaseResult {
 fn reset_out_of_range(c: &mut Ctx) -> CaseResult {
     let (q, max, _) = setup(c, &[feature::RING_RESET])?;
     let s = c.enable_queue(q, max)?;
-    let enabled = expected_after_set(max, &s, true);
+    let enabled = c.expected_after_set(max, &s, true);
     let m = c.info()?.max_virtqueues;
     for i in [m, u32::MAX] {
-        let (h, _) = c.exact(crate::wire::Request::ResetVqueue { index: i })?;
+        let (h, _) = c.exact(Request::ResetVqueue { index: i })?;
         ensure!(
-            h.msg_size == 8,
+            usize::from(h.msg_size) == c.hdr(),
             "RESET_VQUEUE({i}) response msg_size {}",
             h.msg_size
         );
@@ -345,29 +371,24 @@ fn reset_out_of_range(c: &mut Ctx) -> CaseResult {
 fn reset_without_feature(c: &mut Ctx) -> CaseResult {
     c.to_driver()?;
     let offered = c.offered()?;
-    let mut sel =
-        crate::device::VirtioDevice::choose_features(&offered, &crate::device::FeatureSet::new());
+    let mut sel = VirtioDevice::choose_features(&offered, &FeatureSet::new());
     sel.remove(feature::RING_RESET);
     c.write_features(&sel)?;
-    let st = c.set_status(
-        crate::wire::status::ACKNOWLEDGE
-            | crate::wire::status::DRIVER
-            | crate::wire::status::FEATURES_OK,
-    )?;
+    let st = c.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
     ensure!(
-        st & crate::wire::status::FEATURES_OK != 0,
+        st & status::FEATURES_OK != 0,
         "FEATURES_OK refused for {sel:?}"
     );
     let (q, max) = c.first_queue()?;
     let s = c.enable_queue(q, max)?;
-    let (h, _) = c.exact(crate::wire::Request::ResetVqueue { index: q })?;
+    let (h, _) = c.exact(Request::ResetVqueue { index: q })?;
     ensure!(
-        h.msg_size == 8,
+        usize::from(h.msg_size) == c.hdr(),
         "RESET_VQUEUE response msg_size {}",
         h.msg_size
     );
     let after = c.vq(q)?;
-    let want = expected_after_set(max, &s, true);
+    let want = c.expected_after_set(max, &s, true);
     ensure!(
         after == want,
         "RESET_VQUEUE without RING_RESET changed queue {q}: {after:?}"
@@ -384,9 +405,9 @@ fn reset_clears(c: &mut Ctx) -> CaseResult {
     }
     let (q, max, _) = setup(c, &[feature::RING_RESET])?;
     c.enable_queue(q, max)?;
-    let (h, _) = c.exact(crate::wire::Request::ResetVqueue { index: q })?;
+    let (h, _) = c.exact(Request::ResetVqueue { index: q })?;
     ensure!(
-        h.msg_size == 8,
+        usize::from(h.msg_size) == c.hdr(),
         "RESET_VQUEUE response msg_size {}",
         h.msg_size
     );
@@ -400,5 +421,30 @@ fn reset_clears(c: &mut Ctx) -> CaseResult {
         "queue {q} after RESET_VQUEUE: {after:?}"
     );
     c.enable_queue(q, max)?;
+    Ok(())
+}
+
+fn set_enables_old(c: &mut Ctx) -> CaseResult {
+    // VirtioDevice::setup_queue sends one SET_VQUEUE with the reserved word
+    // 0 on these profiles and requires GET_VQUEUE to read it back.
+    let drv = c.take_driver();
+    let mut dev = VirtioDevice::initialize(drv, c.dev_num, &FeatureSet::new())?;
+    let mut q = dev.setup_queue(0, 8)?;
+    dev.driver_ok()?;
+    let buf = dev.allocator().alloc(4096, 1)?;
+    q.add(&[Buffer {
+        addr: buf,
+        len: 16,
+        writable: true,
+    }])?;
+    dev.notify(&q)?;
+    let t = dev.driver().timeout();
+    let used = dev.wait_used(&mut q, t);
+    c.put_driver(dev.into_driver());
+    used.map_err(|e| {
+        CaseError::Fail(format!(
+            "no used buffer after SET_VQUEUE, DRIVER_OK and EVENT_AVAIL (the queue did not go live): {e}"
+        ))
+    })?;
     Ok(())
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use super::*;
 use crate::fake::{FakeDevice, FakeDeviceBus, Quirks};
 
-fn cfg(filter: &str) -> SuiteConfig {
+fn cfg_for(profile: Profile, filter: &str) -> SuiteConfig {
     SuiteConfig {
+        profile,
         filter: filter.into(),
         timeout: Duration::from_millis(200),
         drop_window: Duration::from_millis(10),
@@ -17,14 +18,36 @@ fn cfg(filter: &str) -> SuiteConfig {
 
 fn run(fake: &FakeDeviceBus, filter: &str) -> Report {
     let mut make = || -> Result<Box<dyn DriverBus>, String> { Ok(Box::new(fake.reconnect())) };
-    let dev = fake.device().dev_num;
-    run_suite_with(&mut make, dev, &cfg(filter))
+    let (dev, profile) = {
+        let d = fake.device();
+        (d.dev_num, d.profile)
+    };
+    run_suite_with(&mut make, dev, &cfg_for(profile, filter))
 }
 
 fn fake(quirks: Quirks) -> FakeDeviceBus {
-    let mut d = FakeDevice::rng(5, 264);
+    fake_for(Profile::V2, 264, quirks)
+}
+
+fn fake_for(profile: Profile, max: usize, quirks: Quirks) -> FakeDeviceBus {
+    let mut d = FakeDevice::rng(5, max);
+    d.profile = profile;
     d.quirks = quirks;
     FakeDeviceBus::new(d)
+}
+
+/// Every skip is a rule of another profile, or one of `allowed`.
+fn only_profile_skips(r: &Report, profile: Profile, allowed: &[&str]) {
+    for c in &r.results {
+        if let Outcome::Skip(why) = &c.outcome {
+            assert!(
+                why.starts_with(&format!("not a {profile} rule"))
+                    || allowed.contains(&c.name.as_str()),
+                "{} skipped: {why}\n{r}",
+                c.name
+            );
+        }
+    }
 }
 
 #[test]
@@ -46,15 +69,169 @@ fn conformant_fake_passes_everything() {
     });
     let r = run(&f, "");
     assert_eq!(r.failed(), 0, "{r}");
-    // Only the strict-profile case is not applicable on a baseline bus.
-    assert_eq!(r.skipped(), 1, "{r}");
+    // Only the strict-profile case and the rules of the older profiles are
+    // not applicable on a v2 baseline bus.
+    only_profile_skips(&r, Profile::V2, &["config.strict_rejects_stale_generation"]);
     assert!(
         r.get("config.strict_rejects_stale_generation")
             .is_some_and(|c| matches!(c.outcome, Outcome::Skip(_)))
     );
+    let others = cases()
+        .iter()
+        .filter(|c| !c.profiles.contains(&Profile::V2))
+        .count();
+    assert_eq!(r.skipped(), 1 + others, "{r}");
     let text = r.to_string();
     let last = text.lines().last().expect("summary line");
-    assert_eq!(last, format!("{} passed, 0 failed, 1 skipped", r.passed()));
+    assert_eq!(
+        last,
+        format!("{} passed, 0 failed, {} skipped", r.passed(), 1 + others)
+    );
+}
+
+#[test]
+fn conformant_fake_passes_under_every_profile() {
+    for profile in Profile::ALL {
+        // RFC2 peers use fixed 44-byte frames; v1's smallest workable bus is 48.
+        for max in [264, profile.min_max_msg_size()] {
+            let f = fake_for(profile, max, Quirks::default());
+            let r = run(&f, "");
+            assert_eq!(r.failed(), 0, "{profile} max {max}:\n{r}");
+            let strict = if profile == Profile::V1 {
+                vec![]
+            } else {
+                vec!["config.strict_rejects_stale_generation"]
+            };
+            only_profile_skips(&r, profile, &strict);
+            let own = match profile {
+                Profile::V2 => vec!["vq.set_load_disabled_then_enable"],
+                Profile::V1 => vec![
+                    "reset.synchronous",
+                    "vq.set_configures_and_enables",
+                    "bus.get_devices_v1_aligned",
+                    "config.strict_rejects_stale_generation",
+                ],
+                Profile::Rfc2 => vec![
+                    "reset.synchronous",
+                    "info.rfc2_64_feature_bits",
+                    "vq.set_configures_and_enables",
+                ],
+            };
+            for name in own {
+                assert!(
+                    r.get(name).is_some_and(|c| c.outcome == Outcome::Pass),
+                    "{profile}: {name} did not pass:\n{r}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn profile_rules_are_detected() {
+    let cases: [(Profile, Quirks, &str); 6] = [
+        (
+            Profile::V1,
+            Quirks {
+                reset_pending_polls: 2,
+                ..Default::default()
+            },
+            "reset.synchronous",
+        ),
+        (
+            Profile::Rfc2,
+            Quirks {
+                reset_pending_polls: 1,
+                ..Default::default()
+            },
+            "reset.synchronous",
+        ),
+        (
+            Profile::V1,
+            Quirks {
+                v2_set_vqueue: true,
+                ..Default::default()
+            },
+            "vq.set_configures_and_enables",
+        ),
+        (
+            Profile::V1,
+            Quirks {
+                ignore_generation: true,
+                ..Default::default()
+            },
+            "config.strict_rejects_stale_generation",
+        ),
+        (
+            Profile::V1,
+            Quirks {
+                unaligned_devices: true,
+                ..Default::default()
+            },
+            "bus.get_devices_v1_aligned",
+        ),
+        (
+            Profile::Rfc2,
+            Quirks {
+                v2_set_vqueue: true,
+                ..Default::default()
+            },
+            "vq.set_configures_and_enables",
+        ),
+    ];
+    for (profile, q, case) in cases {
+        let f = fake_for(profile, 264, q);
+        let r = run(&f, case);
+        let c = r
+            .get(case)
+            .unwrap_or_else(|| panic!("{profile}: case {case} not run:\n{r}"));
+        assert!(
+            matches!(c.outcome, Outcome::Fail(_)),
+            "{profile}: {case} should fail:\n{r}"
+        );
+    }
+    // The Linux RFC needs exactly 64 feature bits.
+    let f = fake_for(Profile::Rfc2, 44, Quirks::default());
+    {
+        let mut d = f.device();
+        d.info.num_feature_blocks = 3;
+        d.offered.push(0);
+    }
+    let r = run(&f, "info.rfc2_64");
+    assert_eq!(r.failed(), 1, "{r}");
+}
+
+#[test]
+fn v2_only_cases_are_skipped_with_the_reason() {
+    let f = fake_for(Profile::Rfc2, 44, Quirks::default());
+    let r = run(&f, "vq.set_state_op_3_noop,resp.token_echo,order.");
+    for name in [
+        "vq.set_state_op_3_noop",
+        "resp.token_echo",
+        "order.pipelined_processing_order",
+        "order.pipelined_response_order",
+    ] {
+        assert!(
+            r.get(name).is_some_and(
+                |c| matches!(&c.outcome, Outcome::Skip(w) if w.starts_with("not a rfc2 rule:"))
+            ),
+            "{name}:\n{r}"
+        );
+    }
+    assert!(
+        r.get("order.exactly_one_response")
+            .is_some_and(|c| c.outcome == Outcome::Pass),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_bus_of_another_profile_fails_every_case() {
+    let f = fake_for(Profile::V1, 264, Quirks::default());
+    let mut make = || -> Result<Box<dyn DriverBus>, String> { Ok(Box::new(f.reconnect())) };
+    let r = run_suite_with(&mut make, 5, &cfg_for(Profile::V2, "bus.ping"));
+    assert_eq!(r.failed(), 1, "{r}");
+    assert!(r.to_string().contains("the bus speaks v1"), "{r}");
 }
 
 #[test]
