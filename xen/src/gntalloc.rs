@@ -8,9 +8,10 @@
 //! grant alive until the peer has unmapped it too.
 
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::mem::{offset_of, size_of};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,8 +19,9 @@ use thiserror::Error;
 
 use crate::bindings::{self, XEN_PAGE_SIZE, gntalloc as raw};
 use crate::mapping::{MappedPages, UnmapNotify};
-use crate::sys::{Mmap, host_page_size, ioctl_ptr, open_node, pages_to_bytes};
+use crate::sys::{Mmap, host_page_size, ioctl_ptr, open_node, owned_region, pages_to_bytes};
 use crate::{DomId, GrantRef};
+use vm_memory::MmapRegion;
 
 /// Default path of the grant allocation device.
 pub const GNTALLOC_PATH: &str = "/dev/xen/gntalloc";
@@ -99,6 +101,105 @@ pub trait GrantSharer: Send + Sync + fmt::Debug {
         pages: usize,
         writable: bool,
     ) -> Result<Self::Shared, GntallocError>;
+
+    /// Allocate `pages` zeroed pages and grant `domid` access, to be mapped
+    /// as owned `vm-memory` regions ([`GrantAllocation::map`]).
+    ///
+    /// The grants live as long as the allocation *or* any region mapped from
+    /// it (Linux gntalloc keeps a page granted while a VMA maps it; the
+    /// kernel ends the grant, deferred until the peer unmapped it, when the
+    /// last user is gone). So: map what you need, then drop the allocation;
+    /// dropping the regions later revokes the grants.
+    fn alloc_grants(
+        &self,
+        domid: DomId,
+        pages: usize,
+        writable: bool,
+    ) -> Result<GrantAllocation, GntallocError>;
+}
+
+/// What to do when a [`GrantAllocation`] is dropped.
+pub type ReleaseFn = Box<dyn FnOnce() + Send + Sync>;
+
+/// Pages granted to another domain, to be mapped as owned regions.
+///
+/// Built by [`GrantSharer::alloc_grants`]; a fake builds it from its own
+/// backing file. Page `i` is at byte `offset + i * 4096` of `file`.
+pub struct GrantAllocation {
+    grefs: Vec<GrantRef>,
+    domid: DomId,
+    file: Arc<File>,
+    offset: u64,
+    release: Option<ReleaseFn>,
+}
+
+impl fmt::Debug for GrantAllocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrantAllocation")
+            .field("domid", &self.domid)
+            .field("offset", &self.offset)
+            .field("grefs", &self.grefs)
+            .finish()
+    }
+}
+
+impl GrantAllocation {
+    /// An allocation of `grefs.len()` pages of `file` starting at byte
+    /// `offset`, granted to `domid`; `release` runs when it is dropped.
+    pub fn new(
+        grefs: Vec<GrantRef>,
+        domid: DomId,
+        file: Arc<File>,
+        offset: u64,
+        release: Option<ReleaseFn>,
+    ) -> Self {
+        Self {
+            grefs,
+            domid,
+            file,
+            offset,
+            release,
+        }
+    }
+
+    /// One grant reference per page, in page order.
+    pub fn grefs(&self) -> &[GrantRef] {
+        &self.grefs
+    }
+
+    /// The domain the pages are granted to.
+    pub fn domid(&self) -> DomId {
+        self.domid
+    }
+
+    /// Number of pages.
+    pub fn pages(&self) -> usize {
+        self.grefs.len()
+    }
+
+    /// Map pages `first..first + pages` (always writable: they are ours) as
+    /// a region that owns the mapping.
+    pub fn map(&self, first: usize, pages: usize) -> Result<MmapRegion<()>, GntallocError> {
+        let end = first
+            .checked_add(pages)
+            .filter(|&e| pages > 0 && e <= self.pages());
+        let len = end
+            .and_then(|_| pages_to_bytes(pages))
+            .ok_or(GntallocError::BadCount(pages))?;
+        let offset = pages_to_bytes(first)
+            .and_then(|b| self.offset.checked_add(b as u64))
+            .ok_or(GntallocError::BadCount(first))?;
+        owned_region(&self.file, offset, len, true)
+            .map_err(|source| GntallocError::Mmap { pages, source })
+    }
+}
+
+impl Drop for GrantAllocation {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
 }
 
 /// Pages we granted to another domain.
@@ -117,7 +218,7 @@ pub trait SharedGrants: MappedPages {
 /// The real grant allocation device.
 #[derive(Debug, Clone)]
 pub struct XenGntalloc {
-    fd: Arc<OwnedFd>,
+    fd: Arc<File>,
 }
 
 impl XenGntalloc {
@@ -136,7 +237,9 @@ impl XenGntalloc {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Self { fd: Arc::new(fd) })
+        Ok(Self {
+            fd: Arc::new(File::from(fd)),
+        })
     }
 
     /// Wrap an already open descriptor.
@@ -147,7 +250,9 @@ impl XenGntalloc {
     /// ioctl numbers are harmless (pipes, sockets and regular files fail them
     /// with `ENOTTY`): the ioctls pass pointers the kernel writes through.
     pub unsafe fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd: Arc::new(fd) }
+        Self {
+            fd: Arc::new(File::from(fd)),
+        }
     }
 }
 
@@ -256,11 +361,68 @@ impl GrantSharer for XenGntalloc {
         shared.map = Some(map);
         Ok(shared)
     }
+
+    fn alloc_grants(
+        &self,
+        domid: DomId,
+        pages: usize,
+        writable: bool,
+    ) -> Result<GrantAllocation, GntallocError> {
+        let mut req = AllocRequest::new(domid, pages, writable)?;
+        // SAFETY: `req` holds the header plus room for `count` grefs, the
+        // layout IOCTL_GNTALLOC_ALLOC_GREF reads and writes.
+        unsafe {
+            ioctl_ptr(
+                self.fd.as_fd(),
+                bindings::IOCTL_GNTALLOC_ALLOC_GREF,
+                req.buf.as_mut_ptr().cast(),
+            )
+        }
+        .map_err(|source| GntallocError::Ioctl {
+            op: "IOCTL_GNTALLOC_ALLOC_GREF",
+            source,
+        })?;
+        let index = req.index();
+        let fd = self.fd.clone();
+        // Bounded by MAX_PAGES_PER_SHARE.
+        let count = pages as u32;
+        let release: ReleaseFn = Box::new(move || {
+            if let Err(e) = dealloc(fd.as_fd(), index, count) {
+                log::warn!("{e}");
+            }
+        });
+        Ok(GrantAllocation::new(
+            req.grefs(),
+            domid,
+            self.fd.clone(),
+            index,
+            Some(release),
+        ))
+    }
+}
+
+/// `IOCTL_GNTALLOC_DEALLOC_GREF`: the kernel frees (and ends the grants of)
+/// the pages once no VMA maps them any more.
+fn dealloc(fd: BorrowedFd<'_>, index: u64, count: u32) -> Result<(), GntallocError> {
+    let mut arg = raw::ioctl_gntalloc_dealloc_gref { index, count };
+    // SAFETY: `arg` is the argument struct of IOCTL_GNTALLOC_DEALLOC_GREF.
+    unsafe {
+        ioctl_ptr(
+            fd,
+            bindings::IOCTL_GNTALLOC_DEALLOC_GREF,
+            (&mut arg as *mut raw::ioctl_gntalloc_dealloc_gref).cast(),
+        )
+    }
+    .map(drop)
+    .map_err(|source| GntallocError::Ioctl {
+        op: "IOCTL_GNTALLOC_DEALLOC_GREF",
+        source,
+    })
 }
 
 /// Pages shared by [`XenGntalloc`].
 pub struct XenSharedPages {
-    fd: Arc<OwnedFd>,
+    fd: Arc<File>,
     index: u64,
     grefs: Vec<GrantRef>,
     domid: DomId,

@@ -8,6 +8,7 @@
 //! kernel maps the grants read-only when the VMA is not writable.
 
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -18,8 +19,9 @@ use thiserror::Error;
 
 use crate::bindings::{self, XEN_PAGE_SIZE, gntdev as raw};
 use crate::mapping::{MappedPages, UnmapNotify};
-use crate::sys::{Mmap, host_page_size, ioctl_ptr, open_node, pages_to_bytes};
+use crate::sys::{Mmap, host_page_size, ioctl_ptr, open_node, owned_region, pages_to_bytes};
 use crate::{DomId, GrantRef};
+use vm_memory::MmapRegion;
 
 /// Default path of the grant mapping device.
 pub const GNTDEV_PATH: &str = "/dev/xen/gntdev";
@@ -104,6 +106,18 @@ pub trait GrantMapper: Send + Sync + fmt::Debug {
 
     /// Map `grants` as one contiguous range, in order, one page each.
     fn map_grants(&self, grants: &[Grant], writable: bool) -> Result<Self::Mapping, GntdevError>;
+
+    /// Map `grants` like [`GrantMapper::map_grants`], as a `vm-memory` region
+    /// that owns the mapping: the grants stay mapped exactly as long as the
+    /// region (and so any `GuestMemoryMmap` built from it) lives, and are
+    /// unmapped when it drops. The device offset reserved for the mapping is
+    /// released right away (Linux gntdev keeps the grants mapped for the
+    /// VMA), so nothing but the region needs cleaning up.
+    fn map_grants_region(
+        &self,
+        grants: &[Grant],
+        writable: bool,
+    ) -> Result<MmapRegion<()>, GntdevError>;
 }
 
 /// A live grant mapping.
@@ -116,7 +130,7 @@ pub trait GrantMapping: MappedPages {
 /// The real grant mapping device.
 #[derive(Debug, Clone)]
 pub struct XenGntdev {
-    fd: Arc<OwnedFd>,
+    fd: Arc<File>,
 }
 
 impl XenGntdev {
@@ -135,7 +149,9 @@ impl XenGntdev {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Self { fd: Arc::new(fd) })
+        Ok(Self {
+            fd: Arc::new(File::from(fd)),
+        })
     }
 
     /// Wrap an already open descriptor.
@@ -146,7 +162,9 @@ impl XenGntdev {
     /// numbers are harmless (pipes, sockets and regular files fail them with
     /// `ENOTTY`): the ioctls pass pointers the kernel writes through.
     pub unsafe fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd: Arc::new(fd) }
+        Self {
+            fd: Arc::new(File::from(fd)),
+        }
     }
 }
 
@@ -236,11 +254,75 @@ impl GrantMapper for XenGntdev {
         mapping.map = Some(map);
         Ok(mapping)
     }
+
+    fn map_grants_region(
+        &self,
+        grants: &[Grant],
+        writable: bool,
+    ) -> Result<MmapRegion<()>, GntdevError> {
+        let (index, count) = self.reserve(grants)?;
+        let pages = grants.len();
+        let region = pages_to_bytes(pages)
+            .ok_or(GntdevError::BadCount(pages))
+            .and_then(|len| {
+                owned_region(&self.fd, index, len, writable)
+                    .map_err(|source| GntdevError::Mmap { pages, source })
+            });
+        // The VMA (if any) holds its own reference to the grants now; release
+        // the reservation on every path.
+        let released = unmap_reservation(self.fd.as_fd(), index, count);
+        let region = region?;
+        released.map(|()| region)
+    }
+}
+
+impl XenGntdev {
+    /// `IOCTL_GNTDEV_MAP_GRANT_REF`: reserve a device offset for `grants`.
+    fn reserve(&self, grants: &[Grant]) -> Result<(u64, u32), GntdevError> {
+        let mut req = MapRequest::new(grants)?;
+        // SAFETY: `req` holds the header plus `count` refs, the layout
+        // IOCTL_GNTDEV_MAP_GRANT_REF reads and (for `index`) writes.
+        unsafe {
+            ioctl_ptr(
+                self.fd.as_fd(),
+                bindings::IOCTL_GNTDEV_MAP_GRANT_REF,
+                req.buf.as_mut_ptr().cast(),
+            )
+        }
+        .map_err(|source| GntdevError::Ioctl {
+            op: "IOCTL_GNTDEV_MAP_GRANT_REF",
+            source,
+        })?;
+        // Fits in u32: bounded by MAX_GRANTS_PER_MAP in `MapRequest::new`.
+        Ok((req.index(), grants.len() as u32))
+    }
+}
+
+/// `IOCTL_GNTDEV_UNMAP_GRANT_REF` for a reservation at `index`.
+fn unmap_reservation(fd: BorrowedFd<'_>, index: u64, count: u32) -> Result<(), GntdevError> {
+    let mut arg = raw::ioctl_gntdev_unmap_grant_ref {
+        index,
+        count,
+        pad: 0,
+    };
+    // SAFETY: `arg` is the argument struct of IOCTL_GNTDEV_UNMAP_GRANT_REF.
+    unsafe {
+        ioctl_ptr(
+            fd,
+            bindings::IOCTL_GNTDEV_UNMAP_GRANT_REF,
+            (&mut arg as *mut raw::ioctl_gntdev_unmap_grant_ref).cast(),
+        )
+    }
+    .map(drop)
+    .map_err(|source| GntdevError::Ioctl {
+        op: "IOCTL_GNTDEV_UNMAP_GRANT_REF",
+        source,
+    })
 }
 
 /// A grant mapping made by [`XenGntdev`].
 pub struct GntdevMapping {
-    fd: Arc<OwnedFd>,
+    fd: Arc<File>,
     index: u64,
     count: u32,
     /// `None` only while being built (mmap failed): drop then just releases

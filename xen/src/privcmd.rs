@@ -9,6 +9,7 @@
 //! libxenforeignmemory we do not retry them, the caller may.
 
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -18,8 +19,9 @@ use thiserror::Error;
 
 use crate::bindings::{self, XEN_PAGE_SIZE, privcmd as raw};
 use crate::mapping::MappedPages;
-use crate::sys::{Mmap, host_page_size, ioctl_ptr, open_node, pages_to_bytes};
+use crate::sys::{Mmap, host_page_size, ioctl_ptr, open_node, owned_region, pages_to_bytes};
 use crate::{DomId, Gfn};
+use vm_memory::MmapRegion;
 
 /// Default path of the privcmd device.
 pub const PRIVCMD_PATH: &str = "/dev/xen/privcmd";
@@ -124,12 +126,22 @@ pub trait ForeignMapper: Send + Sync + fmt::Debug {
         gfns: &[Gfn],
         writable: bool,
     ) -> Result<Self::Mapping, PrivcmdError>;
+
+    /// Map like [`ForeignMapper::map_foreign`], as a `vm-memory` region that
+    /// owns the mapping (unmapped when the region, or the last
+    /// `GuestMemoryMmap` holding it, drops).
+    fn map_foreign_region(
+        &self,
+        domid: DomId,
+        gfns: &[Gfn],
+        writable: bool,
+    ) -> Result<MmapRegion<()>, PrivcmdError>;
 }
 
 /// The real privcmd device.
 #[derive(Debug, Clone)]
 pub struct XenPrivcmd {
-    fd: Arc<OwnedFd>,
+    fd: Arc<File>,
 }
 
 impl XenPrivcmd {
@@ -148,7 +160,9 @@ impl XenPrivcmd {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Self { fd: Arc::new(fd) })
+        Ok(Self {
+            fd: Arc::new(File::from(fd)),
+        })
     }
 
     /// Wrap an already open descriptor.
@@ -159,7 +173,9 @@ impl XenPrivcmd {
     /// numbers are harmless (pipes, sockets and regular files fail them with
     /// `ENOTTY`): the ioctls pass pointers the kernel reads and writes.
     pub unsafe fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd: Arc::new(fd) }
+        Self {
+            fd: Arc::new(File::from(fd)),
+        }
     }
 
     /// Restrict this handle to `domid` (`IOCTL_PRIVCMD_RESTRICT`): later
@@ -215,27 +231,16 @@ fn failed_frames(gfns: &[Gfn], errs: &[i32]) -> Vec<FrameError> {
         .collect()
 }
 
-impl ForeignMapper for XenPrivcmd {
-    type Mapping = ForeignMapping;
-
-    fn map_foreign(
-        &self,
-        domid: DomId,
-        gfns: &[Gfn],
-        writable: bool,
-    ) -> Result<ForeignMapping, PrivcmdError> {
+impl XenPrivcmd {
+    /// Fill the privcmd VMA at `addr` (`gfns.len()` pages) with `gfns` of
+    /// `domid`; per-frame failures become [`PrivcmdError::PartialMap`].
+    fn fill(&self, domid: DomId, addr: *mut u8, gfns: &[Gfn]) -> Result<(), PrivcmdError> {
         let pages = gfns.len();
-        if pages == 0 || pages > MAX_FRAMES_PER_MAP {
-            return Err(PrivcmdError::BadCount(pages));
-        }
-        let len = pages_to_bytes(pages).ok_or(PrivcmdError::BadCount(pages))?;
-        // Reserve the VMA; dropped (unmapped) on every error path below.
-        let map = Mmap::map_shared(self.fd.as_fd(), len, writable, 0)
-            .map_err(|source| PrivcmdError::Mmap { pages, source })?;
         let mut errs = vec![0i32; pages];
-        let mut arg = batch_args(domid, map.as_ptr(), gfns, &mut errs);
+        let mut arg = batch_args(domid, addr, gfns, &mut errs);
         // SAFETY: `arg` points at `pages` GFNs and `pages` error slots that
-        // outlive the call, and at a privcmd VMA of exactly `pages` pages.
+        // outlive the call, and at a privcmd VMA of exactly `pages` pages
+        // (the callers' contract).
         let res = unsafe {
             ioctl_ptr(
                 self.fd.as_fd(),
@@ -263,7 +268,49 @@ impl ForeignMapper for XenPrivcmd {
                 failed,
             });
         }
+        Ok(())
+    }
+}
+
+fn check_count(gfns: &[Gfn]) -> Result<usize, PrivcmdError> {
+    let pages = gfns.len();
+    if pages == 0 || pages > MAX_FRAMES_PER_MAP {
+        return Err(PrivcmdError::BadCount(pages));
+    }
+    pages_to_bytes(pages).ok_or(PrivcmdError::BadCount(pages))
+}
+
+impl ForeignMapper for XenPrivcmd {
+    type Mapping = ForeignMapping;
+
+    fn map_foreign(
+        &self,
+        domid: DomId,
+        gfns: &[Gfn],
+        writable: bool,
+    ) -> Result<ForeignMapping, PrivcmdError> {
+        let len = check_count(gfns)?;
+        let pages = gfns.len();
+        // Reserve the VMA; dropped (unmapped) on every error path below.
+        let map = Mmap::map_shared(self.fd.as_fd(), len, writable, 0)
+            .map_err(|source| PrivcmdError::Mmap { pages, source })?;
+        self.fill(domid, map.as_ptr(), gfns)?;
         Ok(ForeignMapping { map, domid })
+    }
+
+    fn map_foreign_region(
+        &self,
+        domid: DomId,
+        gfns: &[Gfn],
+        writable: bool,
+    ) -> Result<MmapRegion<()>, PrivcmdError> {
+        let len = check_count(gfns)?;
+        let pages = gfns.len();
+        // The region owns the VMA: dropped (unmapped) on every error path.
+        let region = owned_region(&self.fd, 0, len, writable)
+            .map_err(|source| PrivcmdError::Mmap { pages, source })?;
+        self.fill(domid, region.as_ptr(), gfns)?;
+        Ok(region)
     }
 }
 

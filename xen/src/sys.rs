@@ -1,12 +1,16 @@
 //! Small helpers shared by the device-node handles: opening a node, calling
 //! an ioctl, checking the page size, and an owned shared mapping.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::Arc;
+
+use vm_memory::FileOffset;
+use vm_memory::mmap::{MmapRegion, MmapRegionBuilder, MmapRegionError};
 
 use crate::bindings::XEN_PAGE_SIZE;
 
@@ -53,6 +57,31 @@ pub(crate) fn host_page_size() -> usize {
 /// Bytes spanned by `pages` Xen pages, or `None` on overflow.
 pub(crate) fn pages_to_bytes(pages: usize) -> Option<usize> {
     pages.checked_mul(XEN_PAGE_SIZE)
+}
+
+/// A `MAP_SHARED` mapping of `len` bytes of `file` at `offset`, owned by the
+/// returned `vm-memory` region: dropping the region (its last `Arc`, once it
+/// is part of a `GuestMemoryMmap`) unmaps it. This is what ties a grant or
+/// foreign mapping's lifetime to the memory object the devices hold.
+pub(crate) fn owned_region(
+    file: &Arc<File>,
+    offset: u64,
+    len: usize,
+    writable: bool,
+) -> io::Result<MmapRegion<()>> {
+    if len == 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+    MmapRegionBuilder::new(len)
+        .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+        .with_mmap_prot(prot)
+        .with_mmap_flags(libc::MAP_SHARED)
+        .build()
+        .map_err(|e| match e {
+            MmapRegionError::Mmap(e) => e,
+            other => io::Error::other(other.to_string()),
+        })
 }
 
 /// A `MAP_SHARED` mapping of a device file, unmapped on drop.
