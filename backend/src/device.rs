@@ -192,6 +192,8 @@ pub struct DeviceHost {
     transport: Option<DeviceTransport>,
     mem: Option<GuestMemoryHandle>,
     counters: DeviceCounters,
+    /// Where EVENT_USED / EVENT_CONFIG are encoded (bus maximum long).
+    event_buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for DeviceHost {
@@ -221,6 +223,7 @@ impl DeviceHost {
             transport: None,
             mem: None,
             counters: DeviceCounters::default(),
+            event_buf: Vec::new(),
         }
     }
 
@@ -255,6 +258,9 @@ impl DeviceHost {
             transport_features,
         ));
         self.mem = Some(mem);
+        // Events are encoded here: room for the bus maximum, because RFC2
+        // frames are padded to it.
+        self.event_buf = vec![0; codec.max_msg_size()];
     }
 
     /// Detach from the bus (peer gone): stop everything.
@@ -446,8 +452,8 @@ impl DeviceHost {
         };
         match queue.needs_notification(mem) {
             Ok(true) => {
-                let mut buf = [0u8; 16];
-                match transport.event_used(index, &mut buf) {
+                let buf = &mut self.event_buf;
+                match transport.event_used(index, buf) {
                     Ok(n) => {
                         self.counters.used_events += 1;
                         emit(&buf[..n]);
@@ -509,8 +515,8 @@ impl DeviceHost {
         let Some(transport) = self.transport.as_mut() else {
             return;
         };
-        let mut buf = [0u8; 32];
-        match transport.set_needs_reset(&mut buf) {
+        let buf = &mut self.event_buf;
+        match transport.set_needs_reset(buf) {
             Ok(Some(n)) => {
                 self.counters.needs_reset += 1;
                 emit(&buf[..n]);

@@ -30,6 +30,27 @@ pub use client::{LocalBusClient, LocalClientOptions};
 pub use server::{LocalBus, LocalBusListener, LocalServerOptions};
 pub use wire::{HELLO_LEN, MAGIC, MIN_MSG_SIZE, VERSION};
 
+/// The hello's profile id of a wire profile (0 = v2, 1 = v1, 2 = rfc2);
+/// `None` for a profile the local bus has no id for.
+pub fn profile_id(profile: vmsg_proto::Profile) -> Option<u8> {
+    match profile {
+        vmsg_proto::Profile::V2 => Some(0),
+        vmsg_proto::Profile::V1 => Some(1),
+        vmsg_proto::Profile::Rfc2 => Some(2),
+        _ => None,
+    }
+}
+
+/// The wire profile of a hello profile id.
+pub fn profile_from_id(id: u8) -> Option<vmsg_proto::Profile> {
+    match id {
+        0 => Some(vmsg_proto::Profile::V2),
+        1 => Some(vmsg_proto::Profile::V1),
+        2 => Some(vmsg_proto::Profile::Rfc2),
+        _ => None,
+    }
+}
+
 /// Why the daemon refused a handshake (carried on the wire as a `u16`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectCode {

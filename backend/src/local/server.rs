@@ -346,8 +346,10 @@ fn validate(
             return Err(E::refused(
                 C::BadParams,
                 format!(
-                    "wire profile {} requested, this socket serves {p}",
-                    hello.profile
+                    "wire profile {} ({}) requested, this socket serves {} ({p})",
+                    wire::profile_name(hello.profile),
+                    hello.profile,
+                    wire::profile_name(p),
                 ),
             ));
         }

@@ -378,7 +378,13 @@ fn handshake_profile_filter() {
     );
     let server = serve_one(&l);
     match LocalBusClient::connect(&path, &small_client()) {
-        Err(LocalBusError::Rejected { code, .. }) => assert_eq!(code, RejectCode::BadParams),
+        Err(LocalBusError::Rejected { code, reason }) => {
+            assert_eq!(code, RejectCode::BadParams);
+            assert_eq!(
+                reason,
+                "wire profile v2 (0) requested, this socket serves v1 (1)"
+            );
+        }
         other => panic!("{other:?}"),
     }
     assert!(server.join().expect("thread").is_err());
@@ -394,6 +400,11 @@ fn handshake_profile_filter() {
         .expect("accept")
         .expect("bus");
     assert_eq!(bus.profile(), 1);
+    for p in vmsg_proto::Profile::ALL {
+        let id = super::profile_id(p).expect("id");
+        assert_eq!(super::profile_from_id(id), Some(p));
+    }
+    assert_eq!(super::profile_from_id(3), None);
 }
 
 #[test]

@@ -18,6 +18,16 @@ pub const MIN_MSG_SIZE: u32 = 44;
 pub const MAX_MSG_SIZE: u32 = 65535;
 /// Highest wire profile id (0 = v2, 1 = v1, 2 = rfc2).
 pub const MAX_PROFILE: u8 = 2;
+
+/// The config name of a hello profile id, for messages.
+pub fn profile_name(id: u8) -> &'static str {
+    match id {
+        0 => "v2",
+        1 => "v1",
+        2 => "rfc2",
+        _ => "unknown",
+    }
+}
 /// Fixed part of a reply.
 pub const REPLY_HEAD_LEN: usize = 24;
 /// Longest reject reason sent (longer ones are cut on a char boundary).

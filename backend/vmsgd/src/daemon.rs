@@ -163,6 +163,9 @@ impl Daemon {
                 })?;
             let server = LocalServerOptions {
                 max_msg_size: *max_msg_size as usize,
+                // A driver asking for another wire profile is refused at
+                // the handshake, with both names in the reason.
+                profile: vmsg_backend::local::profile_id(options.profile),
                 ..LocalServerOptions::default()
             };
             let listener =

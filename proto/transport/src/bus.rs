@@ -2,7 +2,7 @@
 //! GET_DEVICES and PING, and the EVENT_DEVICE it originates. Pure logic, so
 //! every bus (local, Xen, FF-A partition) answers the same way.
 
-use vmsg_proto::{Body, Codec, EncodeError, Message, device_bus_state};
+use vmsg_proto::{Body, Codec, EncodeError, Message, Profile, device_bus_state};
 
 /// The set of device numbers present on a bus instance.
 pub trait DeviceSet {
@@ -20,6 +20,11 @@ pub trait DeviceSet {
 /// For a `count = 0` request the answer is count 0 with an empty bitmap and
 /// `next_offset` = the first present device `> offset` (or 0), as the
 /// "0 or greater than offset" rule demands (docs/decisions.md).
+///
+/// On [`Profile::V1`] windows are 8-aligned (v1 §4.1: offset and count
+/// multiples of 8, `next_offset` 0 or an aligned value ≥ offset + count):
+/// the described count is rounded up to whole groups of 8 and `next_offset`
+/// down to the group of the next device.
 pub fn get_devices_response<'b>(
     devices: &dyn DeviceSet,
     codec: &Codec,
@@ -40,6 +45,11 @@ pub fn get_devices_response<'b>(
         described_end = u32::from(d) + 1;
         dev = devices.next_at_or_after(u32::from(d) + 1);
     }
+    let v1 = codec.profile() == Profile::V1;
+    if v1 {
+        let groups = (described_end - u32::from(offset)).next_multiple_of(8);
+        described_end = (u32::from(offset) + groups).min(size_end);
+    }
     let described = (described_end - u32::from(offset)) as u16;
     let bytes = usize::from(described).div_ceil(8);
     let bitmap = &mut bitmap[..bytes];
@@ -54,7 +64,14 @@ pub fn get_devices_response<'b>(
     // a count-0 request describes nothing, so nothing is lost for a walk.
     let next_offset = devices
         .next_at_or_after(described_end.max(u32::from(offset) + 1))
-        .unwrap_or(0);
+        .map_or(0, |d| {
+            let group = d & !7;
+            if v1 && u32::from(group) >= described_end {
+                group
+            } else {
+                d
+            }
+        });
     Body::Devices {
         offset,
         next_offset,
@@ -118,4 +135,50 @@ pub fn event_device(
         },
         out,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Set(&'static [u16]);
+
+    impl DeviceSet for Set {
+        fn contains(&self, dev_num: u16) -> bool {
+            self.0.contains(&dev_num)
+        }
+        fn next_at_or_after(&self, from: u32) -> Option<u16> {
+            self.0.iter().copied().find(|&d| u32::from(d) >= from)
+        }
+    }
+
+    fn window(profile: Profile, devs: &'static [u16], offset: u16, count: u16) -> (u16, u16) {
+        let codec = Codec::new(profile, 264).expect("codec");
+        let mut bitmap = [0u8; 64];
+        match get_devices_response(&Set(devs), &codec, offset, count, &mut bitmap) {
+            Body::Devices {
+                count, next_offset, ..
+            } => (count, next_offset),
+            _ => unreachable!("GET_DEVICES answers Devices"),
+        }
+    }
+
+    #[test]
+    fn v2_trims_the_empty_tail() {
+        assert_eq!(window(Profile::V2, &[0, 1, 21], 0, 16), (2, 21));
+        assert_eq!(window(Profile::V2, &[0, 1, 21], 16, 16), (6, 0));
+    }
+
+    #[test]
+    fn v1_windows_are_8_aligned() {
+        // Whole groups of 8 described, next_offset the next device's group.
+        assert_eq!(window(Profile::V1, &[0, 1, 21], 0, 16), (8, 16));
+        assert_eq!(window(Profile::V1, &[0, 1, 21], 16, 16), (8, 0));
+        // A count-0 window describes nothing; the next device's group is 0
+        // here, which reads as "finished" (v1 allows only aligned values).
+        assert_eq!(window(Profile::V1, &[3], 0, 0), (0, 0));
+        assert_eq!(window(Profile::V1, &[11], 0, 0), (0, 8));
+        assert_eq!(window(Profile::V1, &[], 0, 64), (0, 0));
+        assert_eq!(window(Profile::V1, &[65535], 0xFFF8, 8), (8, 0));
+    }
 }

@@ -232,9 +232,10 @@ impl DeviceTransport {
         Self {
             codec,
             dev_num,
-            strict_generation: transport_features
-                & vmsg_proto::TRANSPORT_F_STRICT_CONFIG_GENERATION
-                != 0,
+            // v1 has no baseline profile: a SET_CONFIG whose generation
+            // differs is always rejected (reference §2, §7.1).
+            strict_generation: codec.profile() == Profile::V1
+                || transport_features & vmsg_proto::TRANSPORT_F_STRICT_CONFIG_GENERATION != 0,
             status: 0,
             driver_features: vec![0; blocks],
             foreign_features: BTreeMap::new(),

@@ -828,6 +828,45 @@ fn event_used_layout_matches_spec_example() {
 }
 
 #[test]
+fn v1_always_checks_the_generation() {
+    let mut rig = Rig::with(Profile::V1, 0);
+    let r = rig.ask(Body::SetConfig {
+        generation: rig.t.generation().wrapping_add(1),
+        offset: 0,
+        data: b"q",
+    });
+    let Body::ConfigSet { length, .. } = rig.codec.decode(&r).expect("d").body else {
+        panic!()
+    };
+    assert_eq!(
+        length, 0,
+        "v1 rejects a stale generation without the strict bit"
+    );
+    let g = rig.t.generation();
+    let r = rig.ask(Body::SetConfig {
+        generation: g,
+        offset: 0,
+        data: b"q",
+    });
+    let Body::ConfigSet { length, .. } = rig.codec.decode(&r).expect("d").body else {
+        panic!()
+    };
+    assert_eq!(length, 1);
+    // RFC2 keeps the baseline rule (the Linux RFC driver's generation is not
+    // known to track the device's).
+    let mut rig = Rig::with(Profile::Rfc2, 0);
+    let r = rig.ask(Body::SetConfig {
+        generation: 0xDEAD,
+        offset: 0,
+        data: b"q",
+    });
+    let Body::ConfigSet { length, .. } = rig.codec.decode(&r).expect("d").body else {
+        panic!()
+    };
+    assert_eq!(length, 1);
+}
+
+#[test]
 fn older_profiles_enable_on_set_vqueue() {
     let mut rig = Rig::with(Profile::V1, 0);
     rig.negotiate(0);
