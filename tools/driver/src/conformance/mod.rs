@@ -14,6 +14,7 @@
 //! reset, SET_VQUEUE enabling, 8-aligned v1 GET_DEVICES, the Linux RFC's 64
 //! feature bits) run only there.
 
+mod blk;
 mod bus;
 mod config;
 mod framing;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestAddress;
 
+use crate::blk::BlkError;
 use crate::bus::DriverBus;
 use crate::device::{FeatureSet, InitError, VirtioDevice};
 use crate::driver::{Driver, DriverError, Received};
@@ -55,6 +57,9 @@ pub enum CaseError {
     /// The rng frontend failed.
     #[error(transparent)]
     Rng(#[from] RngError),
+    /// The blk frontend failed.
+    #[error(transparent)]
+    Blk(#[from] BlkError),
     /// A virtqueue operation failed.
     #[error(transparent)]
     Virtq(#[from] VirtqError),
@@ -271,6 +276,7 @@ pub fn cases() -> Vec<Case> {
     v.extend(config::cases());
     v.extend(queues::cases());
     v.extend(runtime::cases());
+    v.extend(blk::cases());
     v.extend(bus::cases());
     v
 }
