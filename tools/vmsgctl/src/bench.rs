@@ -5,6 +5,11 @@
 //! GET_DEVICE_STATUS through the full driver and daemon stacks) next to a
 //! raw eventfd ping-pong and a raw shared-memory ring ping-pong between two
 //! threads, in doorbell mode and in polling mode.
+//!
+//! `blk`: virtio-blk I/O through the whole stack against the same I/O issued
+//! directly on the same image file (see [`blk`]).
+
+mod blk;
 
 use std::alloc::Layout;
 use std::path::Path;
@@ -27,12 +32,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20000)]
         iters: usize,
     },
+    /// virtio-blk through driver, bus and daemon vs the same I/O directly
+    /// on the image (same engine, same queue depth).
+    Blk(blk::BlkArgs),
 }
 
 /// Run a benchmark.
 pub fn run(which: &BenchCommand) -> Result<ExitCode, AnyError> {
     match which {
         BenchCommand::Rtt { iters } => rtt(*iters),
+        BenchCommand::Blk(args) => blk::run(args),
     }
 }
 

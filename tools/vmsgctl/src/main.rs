@@ -41,8 +41,10 @@ enum Command {
         count: u32,
     },
     /// Run the spec-v2 conformance suite against every device of a guest.
-    /// Without --socket, starts a daemon of its own (rng devices on the
-    /// local bus) and tests that.
+    /// Without --socket, starts a daemon of its own (two rngs, a writable
+    /// two-queue disk and a read-only disk on temporary images, on the local
+    /// bus) and tests that. Against a guest's disk, the blk cases write only
+    /// to a scratch area at its end and put its contents back.
     Conform {
         /// The guest's local bus socket (default: a daemon started here).
         #[arg(long)]
@@ -163,9 +165,23 @@ pub(crate) struct OwnDaemon {
 impl OwnDaemon {
     /// Start a daemon with one guest and the given `[[guest.device]]` tables.
     pub(crate) fn start(devices_toml: &str, bus_extra: &str) -> Result<Self, AnyError> {
-        let dir =
-            std::env::temp_dir().join(format!("vmsgctl-{}-{}", std::process::id(), rand_suffix()));
+        Self::start_with_images(&std::env::temp_dir(), devices_toml, bus_extra, &[])
+    }
+
+    /// [`OwnDaemon::start`] in a new directory under `base`, after creating
+    /// the sparse `images` (name, bytes) there; device tables name them by
+    /// relative path.
+    pub(crate) fn start_with_images(
+        base: &Path,
+        devices_toml: &str,
+        bus_extra: &str,
+        images: &[(&str, u64)],
+    ) -> Result<Self, AnyError> {
+        let dir = base.join(format!("vmsgctl-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir)?;
+        for (name, len) in images {
+            std::fs::File::create(dir.join(name))?.set_len(*len)?;
+        }
         let socket = dir.join("guest.sock");
         let path = dir.join("vmsgd.toml");
         std::fs::write(
@@ -212,9 +228,13 @@ fn conform(
     let socket = match socket {
         Some(s) => s.to_path_buf(),
         None => {
-            own = OwnDaemon::start(
-                "[[guest.device]]\nkind = \"rng\"\n\n[[guest.device]]\nkind = \"rng\"\nrate_limit = 1048576\n",
+            own = OwnDaemon::start_with_images(
+                &std::env::temp_dir(),
+                "[[guest.device]]\nkind = \"rng\"\n\n[[guest.device]]\nkind = \"rng\"\nrate_limit = 1048576\n\n\
+                 [[guest.device]]\nkind = \"blk\"\npath = \"rw.img\"\nnum_queues = 2\nserial = \"conform-rw\"\n\n\
+                 [[guest.device]]\nkind = \"blk\"\npath = \"ro.img\"\nread_only = true\n",
                 "",
+                &[("rw.img", 64 << 20), ("ro.img", 16 << 20)],
             )?;
             println!("started a daemon of our own on {}", own.socket.display());
             own.socket.clone()
