@@ -56,10 +56,11 @@ pub struct DemoDriverArgs {
 
 /// Bytes of pattern the demo driver writes to the disk by default.
 const DISK_BYTES: usize = 1 << 20;
-/// Where on the disk the pattern goes (sector).
-const DISK_SECTOR: u64 = 2048;
-/// Sectors the driver zeroes again with WRITE_ZEROES.
-const ZEROED_SECTORS: u64 = 8;
+/// Where on the disk the demo driver writes its pattern (sector).
+pub const DISK_SECTOR: u64 = 2048;
+/// Sectors at the start of the pattern the driver zeroes again with
+/// WRITE_ZEROES.
+pub const ZEROED_SECTORS: u64 = 8;
 
 /// The demo's configuration: one guest with a plain rng, a rate-limited one
 /// and a two-queue disk on `demo.img`, on the local bus.
@@ -303,7 +304,7 @@ fn check_image(image: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let start = DISK_SECTOR * blk::SECTOR_SIZE;
     let mut got = vec![0u8; DISK_BYTES];
     file.read_exact_at(&mut got, start)?;
-    let want = pattern(DISK_SECTOR, DISK_BYTES);
+    let want = disk_pattern(DISK_SECTOR, DISK_BYTES);
     if got[..zeroed].iter().any(|&b| b != 0) {
         return Err(format!("bytes {start}.. are not the zeroes WRITE_ZEROES left").into());
     }
@@ -317,8 +318,9 @@ fn check_image(image: &Path) -> Result<String, Box<dyn std::error::Error>> {
     ))
 }
 
-/// A deterministic pattern: every 512-byte sector starts with its number.
-fn pattern(first_sector: u64, len: usize) -> Vec<u8> {
+/// The demo driver's disk pattern for `len` bytes at `first_sector`:
+/// deterministic, every 512-byte sector starts with its number.
+pub fn disk_pattern(first_sector: u64, len: usize) -> Vec<u8> {
     let mut data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
     for (i, sector) in data.chunks_mut(blk::SECTOR_SIZE as usize).enumerate() {
         let n = first_sector + i as u64;
@@ -361,7 +363,7 @@ fn disk(drv: Driver, dev_num: u16, len: usize) -> Result<Driver, Box<dyn std::er
     let len = (len as u64).min(cap_bytes / 2) / blk::SECTOR_SIZE * blk::SECTOR_SIZE;
     let len = len as usize;
     let sector = DISK_SECTOR.min(lim.capacity / 2);
-    let data = pattern(sector, len);
+    let data = disk_pattern(sector, len);
     let t = Instant::now();
     disk.write(sector, &data)?;
     let wrote = t.elapsed();
