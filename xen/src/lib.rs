@@ -12,8 +12,16 @@
 //! - [`xenstore`]: a xenstore client speaking the wire protocol directly on
 //!   `/dev/xen/xenbus` or `/run/xenstored/socket` (no libxenstore: its watch
 //!   thread failed in static builds on real Xen).
-//! - [`fake`]: an in-memory xenstored with the real permission model, served
-//!   over the same wire protocol, for tests.
+//! - [`memory`]: guest memory from grants (grant mode, addresses
+//!   `1 << 63 | gref << 12`) or foreign frames (foreign mode) as
+//!   `vm-memory` regions, the grant cache and the frontend's grant pool.
+//! - [`bus`]: the Xen bus: the dom0 side ([`bus::XenBackend`], [`bus::XenBus`]
+//!   implementing `vmsg_backend::bus::Bus`) and the domU side
+//!   ([`bus::XenFrontend`] implementing `vmsg_driver::DriverBus`), generic
+//!   over the handle traits (`docs/xen-bus.md` is the binding).
+//! - [`fake`]: a fake Xen (memfd RAM, grant table, eventfd event channels,
+//!   fault injection) and an in-memory xenstored with the real permission
+//!   model, served over the same wire protocol, for tests.
 //!
 //! Only 64-bit Linux with 4 KiB pages (x86_64, arm64) is supported; the
 //! device nodes exist only in a Xen domain, so the handles are exercised for
@@ -23,11 +31,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bindings;
+pub mod bus;
 pub mod evtchn;
 pub mod fake;
 pub mod gntalloc;
 pub mod gntdev;
 pub mod mapping;
+pub mod memory;
 pub mod privcmd;
 mod sys;
 pub mod xenstore;
