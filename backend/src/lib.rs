@@ -6,6 +6,8 @@
 //!   model, its transport state machine and its virtqueues.
 //! - [`instance`]: a guest's device table and the event loop serving it.
 //! - [`local`]: the built-in local bus (Unix socket + memfd + eventfds).
+//! - [`linux_user`]: the Linux RFC loopback bus (`/dev/virtio-msg-lb`,
+//!   `/dev/virtio-msg-N`): devices for the kernel vmsgd runs on.
 //! - [`fake`]: an in-memory bus for tests and fuzzing.
 //!
 //! See `docs/architecture.md` for the whole picture.
@@ -14,5 +16,6 @@ pub mod bus;
 pub mod device;
 pub mod fake;
 pub mod instance;
+pub mod linux_user;
 pub mod local;
 pub mod memory;

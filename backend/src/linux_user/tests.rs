@@ -1,0 +1,326 @@
+//! The loopback bus against the fake kernel side, with raw RFC2 frames (the
+//! vmsg-driver frontends drive it in `tests/tests/linux_user.rs`).
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use virtio_queue::Queue;
+use vmsg_proto::Profile;
+
+use super::fake_kernel::{FakeKernelOptions, FakeLoopbackKernel};
+use super::*;
+use crate::bus::Bus;
+use crate::device::{DeviceError, QueueOutcome, VirtioDevice};
+use crate::instance::{GuestInstance, InstanceOptions, ServeEnd, StopSignal};
+use crate::memory::GuestMemory;
+
+/// A device that never completes anything: enough for transport traffic.
+struct Idle;
+
+impl VirtioDevice for Idle {
+    fn name(&self) -> &str {
+        "idle"
+    }
+    fn device_type(&self) -> u32 {
+        4
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[8]
+    }
+    fn process_queue(
+        &mut self,
+        _index: u16,
+        _queue: &mut Queue,
+        _mem: &GuestMemory,
+    ) -> Result<QueueOutcome, DeviceError> {
+        Ok(QueueOutcome::default())
+    }
+    fn reset(&mut self) {}
+}
+
+fn fake(timeout: Duration) -> FakeLoopbackKernel {
+    FakeLoopbackKernel::new(FakeKernelOptions {
+        response_timeout: timeout,
+        ..FakeKernelOptions::default()
+    })
+    .expect("fake kernel")
+}
+
+struct Served {
+    stop: StopSignal,
+    thread: Option<JoinHandle<(Result<ServeEnd, LinuxUserError>, LinuxUserStats)>>,
+}
+
+impl Served {
+    fn start(k: &FakeLoopbackKernel, devs: &[u16]) -> Self {
+        let mut bus =
+            LinuxUserBus::with_kernel(k.kernel(), k.options().pool_base).expect("loopback bus");
+        let devices = devs
+            .iter()
+            .map(|&d| (d, Box::new(Idle) as Box<dyn VirtioDevice>))
+            .collect();
+        let mut instance = GuestInstance::new(
+            "lb",
+            InstanceOptions {
+                profile: Profile::Rfc2,
+                ..InstanceOptions::default()
+            },
+            devices,
+        )
+        .expect("instance");
+        let stop = StopSignal::new().expect("stop");
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let r = serve_linux_user(&mut instance, &mut bus, &s);
+            (r, bus.stats())
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> (Result<ServeEnd, LinuxUserError>, LinuxUserStats) {
+        self.stop.trigger();
+        self.thread
+            .take()
+            .expect("thread")
+            .join()
+            .expect("serve thread")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop.trigger();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A prober reporting each device the kernel probes (inside ADD, after
+/// DEVICE_INFO and the feature check passed).
+fn probed(k: &FakeLoopbackKernel) -> std::sync::mpsc::Receiver<u32> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    k.set_prober(Box::new(move |id| tx.send(id).map_err(|e| e.to_string())));
+    rx
+}
+
+/// Wait (bounded) until `ids` were probed, in order.
+fn wait_probed(rx: &std::sync::mpsc::Receiver<u32>, ids: &[u32]) {
+    for &id in ids {
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("probe"), id);
+    }
+}
+
+fn req(msg_id: u8, dev: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0, msg_id, dev as u8, (dev >> 8) as u8];
+    f.extend_from_slice(&((6 + payload.len()) as u16).to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn add_probes_then_requests_events_and_remove() {
+    let k = fake(Duration::from_secs(5));
+    let rx = probed(&k);
+    let served = Served::start(&k, &[0, 7]);
+    // ADD ran DEVICE_INFO (64 bits, VERSION_1 + ACCESS_PLATFORM) and the probe.
+    wait_probed(&rx, &[0, 7]);
+    assert_eq!(k.devices(), vec![0, 7]);
+
+    // A request gets its response, padded to 44 bytes, RFC2 header.
+    let r = k
+        .transfer(&req(0x07, 7, &[]))
+        .expect("GET_DEVICE_STATUS")
+        .expect("a response");
+    assert_eq!(&r[..6], &[0x01, 0x07, 7, 0, 10, 0]);
+    // EVENT_AVAIL (queue not live: the device drops it) is still answered
+    // with a response-typed frame, or the kernel would wait 4 s.
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        k.transfer(&req(0x41, 7, &[0; 8]))
+            .expect("EVENT_AVAIL acked"),
+        None
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+
+    let (end, stats) = served.stop();
+    assert_eq!(end.expect("serve"), ServeEnd::Stopped);
+    // REMOVE ran (with its reset) before the instance stopped.
+    assert!(k.devices().is_empty());
+    assert!(stats.acks >= 1, "{stats:?}");
+    assert_eq!(stats.unanswered, 0, "{stats:?}");
+    let ks = k.stats();
+    assert_eq!(
+        (
+            ks.timeouts,
+            ks.bad_reads,
+            ks.bad_writes,
+            ks.unsupported,
+            ks.late_responses
+        ),
+        (0, 0, 0, 0, 0),
+        "{ks:?}"
+    );
+    assert!(ks.probe_errors.is_empty(), "{ks:?}");
+}
+
+#[test]
+fn unanswered_request_times_out_in_the_kernel_and_is_counted() {
+    let k = fake(Duration::from_millis(200));
+    let rx = probed(&k);
+    let served = Served::start(&k, &[1]);
+    wait_probed(&rx, &[1]);
+    // GET_CONFIG beyond config_size (0): dropped by the device (§3.5).
+    let mut p = [0u8; 8];
+    p[4..8].copy_from_slice(&4u32.to_le_bytes());
+    let e = k.transfer(&req(0x05, 1, &p)).expect_err("no response");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    // The next request is served normally.
+    assert!(k.transfer(&req(0x07, 1, &[])).expect("status").is_some());
+    let (end, stats) = served.stop();
+    end.expect("serve");
+    assert_eq!(stats.unanswered, 1, "{stats:?}");
+    assert_eq!(k.stats().timeouts, 1);
+}
+
+#[test]
+fn event_config_is_not_written_to_the_loopback() {
+    let k = fake(Duration::from_secs(1));
+    let mut bus = LinuxUserBus::with_kernel(k.kernel(), k.options().pool_base).expect("bus");
+    // EVENT_CONFIG (device → driver): the RFC loopback refuses it.
+    let mut ev = req(0x40, 0, &[0; 16]);
+    ev.resize(FRAME_SIZE, 0);
+    bus.send(&ev).expect("dropped, not an error");
+    // So does a bus request (a device-side PING).
+    let mut ping = req(0x03, 0, &[0; 4]);
+    ping[0] = 0x02;
+    ping.resize(FRAME_SIZE, 0);
+    bus.send(&ping).expect("dropped");
+    assert_eq!(bus.stats().refused, 2);
+    assert_eq!(k.stats().unsupported, 0);
+    // Too large for the node.
+    assert!(bus.send(&[0u8; 45]).is_err());
+}
+
+#[test]
+fn memory_is_the_pool_at_its_physical_base() {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
+    let k = fake(Duration::from_secs(1));
+    let bus = LinuxUserBus::with_kernel(k.kernel(), k.options().pool_base).expect("bus");
+    let m = bus.memory();
+    let base = k.options().pool_base;
+    assert_eq!(
+        m.last_addr(),
+        GuestAddress(base + k.options().pool_size - 1)
+    );
+    // The kernel's writes are seen by the device at the same address.
+    k.pool_memory()
+        .write_obj(0xfeed_u32, GuestAddress(base + 0x1000))
+        .expect("kernel write");
+    assert_eq!(
+        m.read_obj::<u32>(GuestAddress(base + 0x1000))
+            .expect("read"),
+        0xfeed
+    );
+    assert!(m.read_obj::<u32>(GuestAddress(base - 4)).is_err());
+}
+
+#[test]
+fn fake_kernel_enforces_frame_sizes_and_refusals() {
+    let k = fake(Duration::from_millis(100));
+    let ch = k.kernel().open_channel().expect("channel");
+    let mut big = [0u8; 64];
+    assert!(ch.read_frame(&mut big).is_err());
+    let mut small = [0u8; 16];
+    assert!(ch.read_frame(&mut small).is_err());
+    assert!(ch.write_frame(&[1u8; 10]).is_err());
+    // EVENT_CONFIG and unknown requests are "Unsupported message".
+    let mut ev = req(0x40, 0, &[0; 16]);
+    ev.resize(FRAME_SIZE, 0);
+    assert!(ch.write_frame(&ev).is_err());
+    // A response with nothing pending is late.
+    let mut resp = req(0x07, 0, &[0; 4]);
+    resp[0] = 1;
+    resp.resize(FRAME_SIZE, 0);
+    ch.write_frame(&resp).expect("late response accepted");
+    let s = k.stats();
+    assert_eq!(
+        (s.bad_reads, s.bad_writes, s.unsupported, s.late_responses),
+        (2, 1, 1, 1)
+    );
+    // REMOVE of an unknown device, ADD with nobody serving (times out).
+    let kernel = k.kernel();
+    assert_eq!(
+        kernel.remove_device(3).expect_err("enoent").raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    let e = kernel
+        .add_device(3)
+        .expect_err("nobody answers DEVICE_INFO");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    assert!(k.devices().is_empty());
+    // A closed node reads 0.
+    assert!(ch.interrupt());
+    assert_eq!(ch.read_frame(&mut [0u8; FRAME_SIZE]).expect("eof"), 0);
+}
+
+#[test]
+fn reader_end_disconnects_the_instance() {
+    let k = fake(Duration::from_secs(1));
+    let rx = probed(&k);
+    let mut served = Served::start(&k, &[0]);
+    wait_probed(&rx, &[0]);
+    k.close();
+    let (end, _) = served.thread.take().expect("thread").join().expect("join");
+    assert_eq!(end.expect("serve"), ServeEnd::Disconnected);
+    // The devices could not be removed (nobody serves the node any more).
+    assert_eq!(k.devices(), vec![0]);
+}
+
+#[test]
+fn pool_base_from_the_device_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rm = dir.path();
+    assert!(find_pool(rm).is_err(), "no node");
+    let node = rm.join("vmsglb@5fc00000");
+    std::fs::create_dir(&node).expect("node");
+    // 2×2 big-endian cells: base 0x5fc00000, size 0x400000.
+    std::fs::write(
+        node.join("reg"),
+        [0, 0, 0, 0, 0x5f, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0],
+    )
+    .expect("reg");
+    assert_eq!(
+        find_pool(rm).expect("pool"),
+        PoolRegion {
+            base: 0x5fc0_0000,
+            size: 0x40_0000
+        }
+    );
+    // 1×1 cells.
+    std::fs::write(rm.join("#address-cells"), 1u32.to_be_bytes()).expect("cells");
+    std::fs::write(rm.join("#size-cells"), 1u32.to_be_bytes()).expect("cells");
+    std::fs::write(node.join("reg"), [0x5f, 0xc0, 0, 0, 0, 0x40, 0, 0]).expect("reg");
+    assert_eq!(find_pool(rm).expect("pool").base, 0x5fc0_0000);
+    std::fs::write(node.join("reg"), [0x5f, 0xc0]).expect("reg");
+    assert!(find_pool(rm).is_err(), "short reg");
+}
+
+#[test]
+fn open_reports_missing_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = LinuxUserOptions {
+        control: dir.path().join("virtio-msg-lb"),
+        channel: dir.path().join("virtio-msg-0"),
+        pool_base: None,
+        reserved_memory: dir.path().join("reserved-memory"),
+    };
+    let e = LinuxUserBus::open(&opts).expect_err("no node");
+    assert!(matches!(e, LinuxUserError::Open { .. }), "{e}");
+}
