@@ -33,7 +33,7 @@ pub struct BlkArgs {
     /// Image size in MiB (written in full first, so reads hit the disk).
     #[arg(long, default_value_t = 512)]
     pub size_mib: u64,
-    /// Seconds per measurement.
+    /// Seconds per measurement (each side; plus a quarter of it to warm up).
     #[arg(long, default_value_t = 1.0)]
     pub secs: f64,
     /// Engine(s) to measure.
@@ -481,9 +481,12 @@ pub fn run(args: &BlkArgs) -> Result<ExitCode, AnyError> {
             "workload", "direct/s", "MiB/s", "p50", "stack/s", "MiB/s", "p50", "ratio"
         );
         for w in &WORKLOADS {
-            // direct, stack, stack, direct: what the first run leaves in
-            // caches (the host's too) helps both sides alike.
+            // A discarded warm-up of each side, then direct, stack, stack,
+            // direct: whatever one run leaves in caches (the host's too)
+            // or in the CPUs' frequency helps both sides alike.
             let half = dur / 2;
+            direct(kind, &image, o_direct, w, image_bytes, dur / 4)?;
+            stack(&mut disk, w, image_bytes, dur / 4)?;
             let mut d = direct(kind, &image, o_direct, w, image_bytes, half)?;
             let mut s = stack(&mut disk, w, image_bytes, half)?;
             s.merge(stack(&mut disk, w, image_bytes, half)?);
