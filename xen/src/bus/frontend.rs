@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -26,6 +26,10 @@ use crate::memory::share_grant_pool;
 use crate::xenstore::{XsClient, XsError, XsOps, check_path};
 
 const TOKEN_BE: &str = "vmsg-be-state";
+
+/// A xenstore connection that successive frontends of one process share:
+/// each takes it when connecting and puts it back when closed (or dropped).
+pub type SharedXs<S> = Arc<Mutex<Option<XsClient<S>>>>;
 /// How long closing waits for the backend to let go.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -90,6 +94,7 @@ pub struct XenFrontend<P: FrontendPlatform> {
     send_timeout: Duration,
     stash: VecDeque<Vec<u8>>,
     backend_gone: bool,
+    home: Option<SharedXs<P::Xs>>,
 }
 
 fn read_str<O: XsOps + ?Sized>(xs: &mut O, path: &str) -> Result<String, XenBusError> {
@@ -125,24 +130,81 @@ impl<P: FrontendPlatform> XenFrontend<P> {
     /// [`Self::close`]).
     pub fn connect_with(
         platform: &P,
-        mut xs: XsClient<P::Xs>,
+        xs: XsClient<P::Xs>,
         opts: &FrontendOptions,
     ) -> Result<Self, XenBusError> {
-        let domid = read_num(&mut xs, "domid", u64::from(DomId::MAX))? as DomId;
+        Self::try_connect_with(platform, xs, opts).map_err(|(e, _)| e)
+    }
+
+    /// Connect over the shared xenstore connection `home` (taken now, put
+    /// back when this frontend is closed or dropped, or at once if
+    /// connecting fails).
+    pub fn connect_shared(
+        platform: &P,
+        home: &SharedXs<P::Xs>,
+        opts: &FrontendOptions,
+    ) -> Result<Self, XenBusError> {
+        let xs = lock(home).take().ok_or_else(|| {
+            XenBusError::Config("the shared xenstore connection is in use".into())
+        })?;
+        match Self::try_connect_with(platform, xs, opts) {
+            Ok(mut fe) => {
+                fe.home = Some(home.clone());
+                Ok(fe)
+            }
+            Err((e, xs)) => {
+                *lock(home) = xs;
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::connect_with`], handing the xenstore connection back on
+    /// failure too (always `Some`; an `Option` only to stay panic-free).
+    pub fn try_connect_with(
+        platform: &P,
+        mut xs: XsClient<P::Xs>,
+        opts: &FrontendOptions,
+    ) -> Result<Self, (XenBusError, Option<XsClient<P::Xs>>)> {
+        match Self::read_paths(&mut xs, opts) {
+            Ok((fe_path, be_path, backend_id)) => {
+                Self::handshake_from(platform, xs, opts, fe_path, be_path, backend_id)
+            }
+            Err(e) => Err((e, Some(xs))),
+        }
+    }
+
+    fn read_paths(
+        xs: &mut XsClient<P::Xs>,
+        opts: &FrontendOptions,
+    ) -> Result<(String, String, DomId), XenBusError> {
+        let domid = read_num(xs, "domid", u64::from(DomId::MAX))? as DomId;
         let fe_path = frontend_path(domid, opts.devid);
-        let be_path = read_str(&mut xs, &format!("{fe_path}/{}", keys::BACKEND))?;
+        let be_path = read_str(xs, &format!("{fe_path}/{}", keys::BACKEND))?;
         check_path(&be_path).map_err(|e| XenBusError::Protocol(e.to_string()))?;
         if !be_path.starts_with("/local/domain/") {
             return Err(XenBusError::Protocol(format!("backend path {be_path:?}")));
         }
         let backend_id = read_num(
-            &mut xs,
+            xs,
             &format!("{fe_path}/{}", keys::BACKEND_ID),
             u64::from(DomId::MAX),
         )? as DomId;
+        Ok((fe_path, be_path, backend_id))
+    }
+
+    fn handshake_from(
+        platform: &P,
+        mut xs: XsClient<P::Xs>,
+        opts: &FrontendOptions,
+        fe_path: String,
+        be_path: String,
+        backend_id: DomId,
+    ) -> Result<Self, (XenBusError, Option<XsClient<P::Xs>>)> {
         let be_state = format!("{be_path}/{}", keys::STATE);
-        xs.watch(&be_state, TOKEN_BE)
-            .map_err(XenBusError::xs(format!("watch {be_state}")))?;
+        if let Err(e) = xs.watch(&be_state, TOKEN_BE) {
+            return Err((XenBusError::xs(format!("watch {be_state}"))(e), Some(xs)));
+        }
         let mut fe = Self {
             conn: None,
             xs: Some(xs),
@@ -158,6 +220,7 @@ impl<P: FrontendPlatform> XenFrontend<P> {
             send_timeout: opts.send_timeout,
             stash: VecDeque::new(),
             backend_gone: false,
+            home: None,
         };
         match fe.handshake(platform, opts) {
             Ok(()) => {
@@ -166,7 +229,7 @@ impl<P: FrontendPlatform> XenFrontend<P> {
             }
             Err(e) => {
                 fe.give_up(&e);
-                Err(e)
+                Err((e, fe.xs.take()))
             }
         }
     }
@@ -687,5 +750,12 @@ impl<P: FrontendPlatform> DriverBus for XenFrontend<P> {
 impl<P: FrontendPlatform> Drop for XenFrontend<P> {
     fn drop(&mut self) {
         self.do_close();
+        if let Some(home) = self.home.take() {
+            *lock(&home) = self.xs.take();
+        }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

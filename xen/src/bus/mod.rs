@@ -38,7 +38,7 @@ use crate::{DOMID_0, DomId};
 pub use backend::{
     Accept, BackendConfig, BackendStats, MemoryConfig, RunEnd, StatsHandle, XenBackend, XenBus,
 };
-pub use frontend::{FrontendOptions, XenFrontend};
+pub use frontend::{FrontendOptions, SharedXs, XenFrontend};
 pub use platform::{BackendPlatform, FrontendPlatform, XenHost, XenPlatform};
 
 /// The device type in xenstore paths (`backend/vmsg`, `device/vmsg`).
