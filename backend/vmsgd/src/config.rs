@@ -132,8 +132,8 @@ fn default_max_msg_size() -> u32 {
 #[serde(rename_all = "kebab-case")]
 pub enum BlkEngine {
     /// io_uring: many requests in flight per queue, completed
-    /// asynchronously. The default: it is the faster engine on
-    /// `vmsgctl bench blk` (see docs/performance.md).
+    /// asynchronously. The default: with requests in flight it does several
+    /// times the I/O of `Sync` on `vmsgctl bench blk` (docs/performance.md).
     #[default]
     IoUring,
     /// `preadv`/`pwritev` on the guest's thread, one request at a time.
