@@ -30,6 +30,9 @@ const TOKEN_BE: &str = "vmsg-be-state";
 /// A xenstore connection that successive frontends of one process share:
 /// each takes it when connecting and puts it back when closed (or dropped).
 pub type SharedXs<S> = Arc<Mutex<Option<XsClient<S>>>>;
+
+/// A failed connection attempt and the xenstore connection it used.
+type Failed<S> = Box<(XenBusError, Option<XsClient<S>>)>;
 /// How long closing waits for the backend to let go.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -133,7 +136,7 @@ impl<P: FrontendPlatform> XenFrontend<P> {
         xs: XsClient<P::Xs>,
         opts: &FrontendOptions,
     ) -> Result<Self, XenBusError> {
-        Self::try_connect_with(platform, xs, opts).map_err(|(e, _)| e)
+        Self::try_connect_with(platform, xs, opts).map_err(|f| f.0)
     }
 
     /// Connect over the shared xenstore connection `home` (taken now, put
@@ -152,7 +155,8 @@ impl<P: FrontendPlatform> XenFrontend<P> {
                 fe.home = Some(home.clone());
                 Ok(fe)
             }
-            Err((e, xs)) => {
+            Err(failed) => {
+                let (e, xs) = *failed;
                 *lock(home) = xs;
                 Err(e)
             }
@@ -161,16 +165,16 @@ impl<P: FrontendPlatform> XenFrontend<P> {
 
     /// [`Self::connect_with`], handing the xenstore connection back on
     /// failure too (always `Some`; an `Option` only to stay panic-free).
-    pub fn try_connect_with(
+    fn try_connect_with(
         platform: &P,
         mut xs: XsClient<P::Xs>,
         opts: &FrontendOptions,
-    ) -> Result<Self, (XenBusError, Option<XsClient<P::Xs>>)> {
+    ) -> Result<Self, Failed<P::Xs>> {
         match Self::read_paths(&mut xs, opts) {
             Ok((fe_path, be_path, backend_id)) => {
                 Self::handshake_from(platform, xs, opts, fe_path, be_path, backend_id)
             }
-            Err(e) => Err((e, Some(xs))),
+            Err(e) => Err(Box::new((e, Some(xs)))),
         }
     }
 
@@ -200,10 +204,13 @@ impl<P: FrontendPlatform> XenFrontend<P> {
         fe_path: String,
         be_path: String,
         backend_id: DomId,
-    ) -> Result<Self, (XenBusError, Option<XsClient<P::Xs>>)> {
+    ) -> Result<Self, Failed<P::Xs>> {
         let be_state = format!("{be_path}/{}", keys::STATE);
         if let Err(e) = xs.watch(&be_state, TOKEN_BE) {
-            return Err((XenBusError::xs(format!("watch {be_state}"))(e), Some(xs)));
+            return Err(Box::new((
+                XenBusError::xs(format!("watch {be_state}"))(e),
+                Some(xs),
+            )));
         }
         let mut fe = Self {
             conn: None,
@@ -229,7 +236,7 @@ impl<P: FrontendPlatform> XenFrontend<P> {
             }
             Err(e) => {
                 fe.give_up(&e);
-                Err((e, fe.xs.take()))
+                Err(Box::new((e, fe.xs.take())))
             }
         }
     }
