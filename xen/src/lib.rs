@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bench;
 pub mod bindings;
 pub mod bus;
 pub mod evtchn;
