@@ -1385,6 +1385,107 @@ fn check_segments(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{FakeDevice, FakeDeviceBus};
+    use crate::fake_blk::{BlkQuirks, FakeBlk};
+
+    /// The frontend on the test-only fake disk (2048 sectors, 2 queues).
+    fn fake(read_only: bool) -> (FakeDeviceBus, Blk) {
+        let bus = FakeDeviceBus::new(FakeDevice::blk(
+            1,
+            264,
+            FakeBlk::new(2048, read_only, BlkQuirks::default()),
+        ));
+        let drv = Driver::new(Box::new(bus.clone())).expect("session");
+        let opts = BlkOptions {
+            queue_size: 16,
+            timeout: Duration::from_secs(2),
+            ..BlkOptions::default()
+        };
+        let disk = Blk::open_with(drv, 1, &opts).expect("open");
+        (bus, disk)
+    }
+
+    #[test]
+    fn blocking_helpers_on_the_fake() {
+        let (bus, mut disk) = fake(false);
+        assert_eq!(disk.capacity(), 2048);
+        assert_eq!(disk.num_queues(), 2);
+        assert_eq!(disk.serial().expect("GET_ID"), "fake-disk");
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        disk.write(10, &data).expect("write");
+        let mut back = vec![0u8; 8192];
+        disk.read(10, &mut back).expect("read");
+        assert_eq!(back, data);
+        disk.write_zeroes(&[Segment::unmap(11, 2)]).expect("zeroes");
+        disk.discard(&[Segment::new(100, 8)]).expect("discard");
+        disk.flush_all().expect("flush");
+        let d = bus.device();
+        let img = &d.blk.as_ref().expect("blk").disk;
+        assert!(img[10 * 512..11 * 512] == data[..512], "sector 10 written");
+        assert!(img[11 * 512..13 * 512].iter().all(|&b| b == 0), "zeroed");
+        assert!(img[13 * 512..26 * 512] == data[3 * 512..], "sectors 13..26");
+    }
+
+    #[test]
+    fn requests_in_flight_spread_over_queues() {
+        let (_bus, mut disk) = fake(false);
+        let buf = disk.alloc_buf(512).expect("buf");
+        // 16-entry queues, 3 descriptors per read: 5 per queue fit.
+        let mut tags = Vec::new();
+        loop {
+            match disk.submit_any(&Request::Read { sector: 1, buf }) {
+                Ok(t) => tags.push(t),
+                Err(BlkError::QueueFull { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(tags.len(), 10);
+        assert_eq!((disk.in_flight_on(0), disk.in_flight_on(1)), (5, 5));
+        disk.kick().expect("kick");
+        let mut done = Vec::new();
+        while done.len() < tags.len() {
+            disk.wait(&mut done).expect("wait");
+        }
+        assert!(done.iter().all(|c| c.is_ok() && c.used_len == 513));
+        assert_eq!(disk.in_flight(), 0);
+        // Everything was given back: the queues take as many again.
+        assert_eq!(disk.free_descriptors(0), 16);
+    }
+
+    #[test]
+    fn driver_rules_are_checked_before_sending() {
+        let (bus, mut disk) = fake(true);
+        let sent = bus.device().received.len();
+        let buf = disk.alloc_buf(4096).expect("buf");
+        for r in [
+            Request::Read {
+                sector: 0,
+                buf: buf.prefix(100),
+            },
+            Request::Write { sector: 0, buf },
+            Request::Discard(vec![Segment::unmap(0, 1)]),
+            Request::Discard(vec![]),
+            Request::WriteZeroes(vec![Segment {
+                sector: 0,
+                num_sectors: 1,
+                flags: 2,
+            }]),
+            Request::WriteZeroes(vec![Segment::new(0, 5000)]),
+        ] {
+            assert!(
+                matches!(disk.submit(0, &r), Err(BlkError::Invalid(_))),
+                "{r:?} refused"
+            );
+        }
+        assert!(matches!(
+            disk.submit(7, &Request::Flush),
+            Err(BlkError::NoQueue(7))
+        ));
+        assert_eq!(disk.in_flight(), 0);
+        assert_eq!(bus.device().received.len(), sent, "nothing was sent");
+        // A read-only disk still takes a FLUSH.
+        disk.flush().expect("flush");
+    }
 
     fn config_bytes() -> Vec<u8> {
         let mut b = vec![0u8; CONFIG_LEN];

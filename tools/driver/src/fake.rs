@@ -11,6 +11,7 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{BusIoError, DriverBus};
+use crate::fake_blk::FakeBlk;
 use crate::virtq::{VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, need_event};
 use crate::wire::{
     self, DeviceInfo, Event, Header, Namespace, Profile, Request, Response, VqueueInfo, feature,
@@ -72,6 +73,8 @@ pub(crate) struct FakeDevice {
     out: VecDeque<Vec<u8>>,
     rng: u64,
     pub received: Vec<Vec<u8>>,
+    /// A virtio-blk disk behind the queues instead of the rng filler.
+    pub blk: Option<FakeBlk>,
 }
 
 impl FakeDevice {
@@ -116,7 +119,27 @@ impl FakeDevice {
             out: VecDeque::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
             received: Vec::new(),
+            blk: None,
         }
+    }
+
+    /// A virtio-blk (device id 2) with 2 queues of max 256 on `disk`.
+    pub fn blk(dev_num: u16, max_msg_size: usize, disk: FakeBlk) -> Self {
+        let mut d = Self::rng(dev_num, max_msg_size);
+        d.info.device_id = 2;
+        d.info.max_virtqueues = 2;
+        d.queues = vec![
+            Queue {
+                max: 256,
+                ..Default::default()
+            };
+            2
+        ];
+        d.offered[0] |= disk.offered();
+        d.config = disk.config();
+        d.info.config_size = d.config.len() as u32;
+        d.blk = Some(disk);
+        d
     }
 
     fn reply(&mut self, h: &Header, r: Response) {
@@ -170,6 +193,9 @@ impl FakeDevice {
             }
         }
         self.reset_polls_left = self.quirks.reset_pending_polls;
+        if let Some(b) = &self.blk {
+            self.config = b.config();
+        }
     }
 
     pub fn out_push_for_test(&mut self, f: Vec<u8>) {
@@ -318,6 +344,12 @@ impl FakeDevice {
                     && !self.features_acceptable()
                 {
                     s &= !status::FEATURES_OK;
+                }
+                if s & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
+                    if let Some(b) = &self.blk {
+                        let negotiated = self.driver_features.get(&0).copied().unwrap_or(0);
+                        b.features_ok(negotiated, &mut self.config);
+                    }
                 }
                 self.status = s;
                 self.reply(&h, Response::SetDeviceStatus { status: s });
@@ -497,13 +529,16 @@ impl FakeDevice {
                 .expect("ring");
             let mut d = head;
             let mut written = 0u32;
+            let mut chain = Vec::new();
             for _ in 0..size {
                 let base = GuestAddress(q.desc + 16 * u64::from(d));
                 let addr: u64 = mem.read_obj(base).expect("desc");
                 let len: u32 = mem.read_obj(GuestAddress(base.0 + 8)).expect("desc");
                 let flags: u16 = mem.read_obj(GuestAddress(base.0 + 12)).expect("desc");
                 let next: u16 = mem.read_obj(GuestAddress(base.0 + 14)).expect("desc");
-                if flags & VIRTQ_DESC_F_WRITE != 0 {
+                if self.blk.is_some() {
+                    chain.push((addr, len, flags));
+                } else if flags & VIRTQ_DESC_F_WRITE != 0 {
                     let bytes: Vec<u8> = (0..len).map(|_| self.next_rand()).collect();
                     mem.write_slice(&bytes, GuestAddress(addr)).expect("buffer");
                     written += len;
@@ -512,6 +547,9 @@ impl FakeDevice {
                     break;
                 }
                 d = next;
+            }
+            if let Some(b) = self.blk.as_mut() {
+                written = b.handle(&mem, &chain);
             }
             let slot = GuestAddress(q.device + 4 + 8 * u64::from(used % size));
             mem.write_obj(u32::from(head), slot).expect("used");

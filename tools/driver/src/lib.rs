@@ -36,4 +36,6 @@ pub use rng::Rng;
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
+pub(crate) mod fake_blk;
+#[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::fake::{FakeDevice, FakeDeviceBus, Quirks};
+use crate::fake_blk::{BlkQuirks, FakeBlk};
 use crate::rng::VIRTIO_ID_RNG;
 
 fn cfg_for(profile: Profile, filter: &str) -> SuiteConfig {
@@ -377,4 +378,175 @@ fn connection_failure_is_a_failure() {
     let r = run_suite(&mut make, 0, "bus.ping");
     assert_eq!(r.failed(), 1);
     assert!(r.to_string().ends_with("0 passed, 1 failed\n"));
+}
+
+fn fake_blk(read_only: bool, quirks: BlkQuirks) -> FakeDeviceBus {
+    FakeDeviceBus::new(FakeDevice::blk(
+        3,
+        264,
+        FakeBlk::new(2048, read_only, quirks),
+    ))
+}
+
+#[test]
+fn conformant_fake_blk_passes() {
+    // Writable: only the 2 read-only rules skip; read-only: the 7 write
+    // rules (the fake has two queues either way).
+    for (read_only, blk_skips) in [(false, 2), (true, 7)] {
+        let f = fake_blk(read_only, BlkQuirks::default());
+        let r = run(&f, "blk.");
+        assert_eq!(r.failed(), 0, "read_only {read_only}:\n{r}");
+        assert_eq!(r.skipped(), blk_skips, "read_only {read_only}:\n{r}");
+        // The transport cases hold on a blk device too.
+        let r = run(&f, "");
+        assert_eq!(r.failed(), 0, "read_only {read_only}:\n{r}");
+    }
+    // The scratch area is put back: the disk is as before the suite.
+    let f = fake_blk(false, BlkQuirks::default());
+    f.device().blk.as_mut().expect("blk").disk.fill(0x5A);
+    run(&f, "blk.");
+    let d = f.device();
+    let disk = &d.blk.as_ref().expect("blk").disk;
+    assert!(
+        disk.iter().all(|&b| b == 0x5A),
+        "the suite left the disk as it was"
+    );
+}
+
+#[test]
+fn blk_quirks_are_detected() {
+    let q = BlkQuirks::default;
+    let cases: Vec<(BlkQuirks, bool, &str)> = vec![
+        (
+            BlkQuirks {
+                unknown_ioerr: true,
+                ..q()
+            },
+            false,
+            "blk.unknown_type_unsupp",
+        ),
+        (
+            BlkQuirks {
+                ro_writes: true,
+                ..q()
+            },
+            true,
+            "blk.ro_write_ioerr",
+        ),
+        (
+            BlkQuirks {
+                no_bounds: true,
+                ..q()
+            },
+            false,
+            "blk.capacity_bounds_reads",
+        ),
+        (
+            BlkQuirks {
+                no_bounds: true,
+                ..q()
+            },
+            false,
+            "blk.out_of_range_write_ioerr",
+        ),
+        (
+            BlkQuirks {
+                no_bounds: true,
+                ..q()
+            },
+            false,
+            "blk.discard_ok",
+        ),
+        (
+            BlkQuirks {
+                discard_unmap_ok: true,
+                ..q()
+            },
+            false,
+            "blk.discard_unmap_unsupp",
+        ),
+        (
+            BlkQuirks {
+                unknown_flags_ok: true,
+                ..q()
+            },
+            false,
+            "blk.unknown_segment_flag_unsupp",
+        ),
+        (
+            BlkQuirks {
+                wz_no_zero: true,
+                ..q()
+            },
+            false,
+            "blk.write_zeroes_reads_zero",
+        ),
+        (
+            BlkQuirks {
+                used_len_zero: true,
+                ..q()
+            },
+            false,
+            "blk.status_and_used_len",
+        ),
+        (
+            BlkQuirks {
+                padding: true,
+                ..q()
+            },
+            false,
+            "blk.config_padding_zero",
+        ),
+        (
+            BlkQuirks {
+                wce_without_flush: true,
+                ..q()
+            },
+            false,
+            "blk.wce_offered_with_flush",
+        ),
+        (
+            BlkQuirks {
+                wce_stays_writeback: true,
+                ..q()
+            },
+            false,
+            "blk.wce_without_flush_writethrough",
+        ),
+        (
+            BlkQuirks {
+                id_garbage: true,
+                ..q()
+            },
+            false,
+            "blk.get_id",
+        ),
+        (
+            BlkQuirks {
+                flush_no_status: true,
+                ..q()
+            },
+            false,
+            "blk.flush_ok",
+        ),
+        (
+            BlkQuirks {
+                reads_zero: true,
+                ..q()
+            },
+            false,
+            "blk.write_read_back",
+        ),
+    ];
+    for (quirks, read_only, case) in cases {
+        let f = fake_blk(read_only, quirks.clone());
+        let r = run(&f, case);
+        let c = r
+            .get(case)
+            .unwrap_or_else(|| panic!("case {case} not run:\n{r}"));
+        assert!(
+            matches!(c.outcome, Outcome::Fail(_)),
+            "{case} should fail with {quirks:?}:\n{r}"
+        );
+    }
 }
