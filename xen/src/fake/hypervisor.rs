@@ -167,6 +167,8 @@ pub(super) struct State {
     pub(super) next_handle: u64,
     pub(super) faults: Faults,
     pub(super) stats: FakeXenStats,
+    /// Eventfds to write once the lock is released.
+    signals: Vec<Arc<EventFd>>,
 }
 
 impl State {
@@ -193,8 +195,10 @@ impl State {
         let handle = p.handle;
         if let Some(h) = self.handles.get_mut(&handle) {
             h.ring.push_back(port);
-            // Counter overflow is impossible: drained whenever the ring empties.
-            let _ = h.efd.write(1);
+            // Signalled once the lock is released (`Guard::drop`), so the
+            // woken reader does not run into the lock we still hold.
+            let efd = h.efd.clone();
+            self.signals.push(efd);
         }
     }
 
@@ -280,9 +284,43 @@ pub(super) struct Inner {
 }
 
 impl Inner {
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> Guard<'_> {
         // A panicking test thread must not take the fake down for the others.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        Guard(Some(self.state.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+}
+
+/// The state lock; pending doorbells are rung after it is released. A
+/// reader may then find an eventfd readable with nothing pending (it just
+/// took the port): a spurious wake-up, which doorbell users tolerate.
+pub(super) struct Guard<'a>(Option<MutexGuard<'a, State>>);
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        // Only `None` inside `drop`.
+        self.0.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let signals = self
+            .0
+            .as_mut()
+            .map(|g| std::mem::take(&mut g.signals))
+            .unwrap_or_default();
+        drop(self.0.take());
+        for efd in signals {
+            // Overflow would need 2^64 - 1 unread signals.
+            let _ = efd.write(1);
+        }
     }
 }
 
