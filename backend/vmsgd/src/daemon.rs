@@ -291,3 +291,47 @@ fn serve_local(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn guest(text: &str) -> GuestConfig {
+        let cfg = Config::parse_offline(Path::new("test.toml"), text).expect("valid config");
+        cfg.guests.into_iter().next().expect("one guest")
+    }
+
+    #[test]
+    fn builds_rng_and_blk_devices() {
+        let img = tempfile::NamedTempFile::new().expect("image");
+        img.as_file().set_len(1 << 20).expect("size");
+        let g = guest(&format!(
+            "[[guest]]\nname = \"g\"\nbus = {{ kind = \"local\", socket = \"/s\" }}\n[[guest.device]]\nkind = \"rng\"\n[[guest.device]]\nkind = \"blk\"\npath = \"{}\"\nnum_queues = 3\nengine = \"sync\"\n",
+            img.path().display()
+        ));
+        let devices = build_devices(&g).expect("devices");
+        let kinds: Vec<(u16, u32, usize)> = devices
+            .iter()
+            .map(|(n, d)| (*n, d.device_type(), d.queue_max_sizes().len()))
+            .collect();
+        assert_eq!(kinds, vec![(0, 4, 1), (1, 2, 3)]);
+    }
+
+    #[test]
+    fn blk_open_failure_names_guest_and_device() {
+        let dir = tempfile::tempdir().expect("dir");
+        let g = guest(&format!(
+            "[[guest]]\nname = \"g\"\nbus = {{ kind = \"local\", socket = \"/s\" }}\n[[guest.device]]\nkind = \"blk\"\ndev_num = 7\npath = \"{}\"\n",
+            dir.path().join("gone.img").display()
+        ));
+        let Err(err) = build_devices(&g) else {
+            panic!("built a device on an image that does not exist");
+        };
+        let text = err.to_string();
+        assert!(matches!(err, DaemonError::Blk { dev_num: 7, .. }), "{text}");
+        assert!(text.contains("guest g: device 7 (blk)"), "{text}");
+        assert!(text.contains("gone.img"), "{text}");
+    }
+}
