@@ -579,5 +579,7 @@ mod tests {
             }
         ));
         assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
+        let err = dev.alloc_grants(1, 1, true).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
     }
 }

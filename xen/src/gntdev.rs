@@ -491,6 +491,10 @@ mod tests {
             }
         ));
         assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
+        let err = dev
+            .map_grants_region(&[Grant { domid: 1, gref: 8 }], true)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
         assert!(matches!(
             dev.map_grants(&[], true),
             Err(GntdevError::BadCount(0))

@@ -449,5 +449,13 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
+        // The owned-region flavour takes the same path (the region is
+        // dropped, i.e. unmapped, on the error).
+        let err = dev.map_foreign_region(1, &[1, 2], true).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
+        assert!(matches!(
+            dev.map_foreign_region(1, &[], true),
+            Err(PrivcmdError::BadCount(0))
+        ));
     }
 }

@@ -160,3 +160,36 @@ impl FrontendPlatform for FakeDomain {
             .map_err(|e| XenBusError::Config(format!("fake RAM: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_real_platform_reports_missing_nodes_and_unsupported_foreign_ram() {
+        if std::path::Path::new("/dev/xen/evtchn").exists() {
+            return; // Running under Xen: nothing to check here.
+        }
+        let host = XenHost;
+        assert!(matches!(
+            XenPlatform::open_evtchn(&host),
+            Err(XenBusError::Evtchn(e)) if e.raw_os_error() == Some(libc::ENOENT)
+        ));
+        assert!(matches!(
+            BackendPlatform::gntdev(&host),
+            Err(XenBusError::Gntdev(_))
+        ));
+        assert!(matches!(
+            BackendPlatform::privcmd(&host),
+            Err(XenBusError::Privcmd(_))
+        ));
+        assert!(matches!(
+            FrontendPlatform::gntalloc(&host),
+            Err(XenBusError::Gntalloc(_))
+        ));
+        assert!(matches!(
+            host.foreign_ram(),
+            Err(XenBusError::Unsupported(_))
+        ));
+    }
+}
