@@ -177,9 +177,11 @@ impl GrantRuns {
         &self.runs
     }
 
-    /// Total pages.
+    /// Total pages (saturating).
     pub fn pages(&self) -> u64 {
-        self.runs.iter().map(|r| r.count).sum()
+        self.runs
+            .iter()
+            .fold(0u64, |acc, r| acc.saturating_add(r.count))
     }
 
     /// Parse and validate: at most `max_runs` runs, counts ≥ 1, values and
@@ -342,8 +344,19 @@ impl GrantCache {
         mapper: &M,
         runs: &GrantRuns,
     ) -> Result<(), XenMemoryError> {
+        // More grants than the cache can hold cannot all be hits: refuse
+        // before walking them (a run may claim 2^32 grants).
+        let pages = runs.pages();
+        if pages > self.max_grants as u64 {
+            self.stats.refused += 1;
+            return Err(XenMemoryError::TooManyGrants {
+                requested: usize::try_from(pages).unwrap_or(usize::MAX),
+                mapped: self.mapped,
+                max: self.max_grants,
+            });
+        }
         // The grants not mapped yet, as runs.
-        let mut todo = Vec::new();
+        let mut todo: Vec<(GrantRef, u32)> = Vec::new();
         let mut hits = 0u64;
         for r in runs.runs() {
             let mut start = None;
@@ -361,8 +374,9 @@ impl GrantCache {
                 }
             }
             if let Some(s) = start {
-                // `r.end()` fits u32 + 1 here, so the count fits u32.
-                todo.push((s, (r.end() - u64::from(s)) as u32));
+                let n = u32::try_from(r.end() - u64::from(s))
+                    .map_err(|_| XenMemoryError::BadRuns("run beyond 32 bits".into()))?;
+                todo.push((s, n));
             }
         }
         let new: usize = todo.iter().map(|&(_, n)| n as usize).sum();

@@ -537,3 +537,13 @@ fn taking_the_device_offline_stops_its_backend() {
     let mut drv = Driver::new(Box::new(fe)).unwrap().with_timeout(TIMEOUT);
     assert!(drv.ping(1).is_err(), "the frontend sees the disconnect");
 }
+
+#[test]
+fn a_pool_claiming_every_grant_is_refused_at_once() {
+    refused(|h, _| h.set("grants", "0+4294967296"), "bound is 4096");
+}
+
+#[test]
+fn grants_beyond_32_bits_are_refused() {
+    refused(|h, _| h.set("grants", "4294967295+2"), "bad run list");
+}

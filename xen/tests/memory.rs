@@ -103,6 +103,13 @@ fn the_bound_and_all_or_nothing() {
         other => panic!("{other:?}"),
     }
     assert_eq!(cache.stats().refused, 1);
+    // A run claiming every grant reference is refused without walking it.
+    let huge = GrantRuns::parse("0+4294967296", 4, true).unwrap();
+    assert!(matches!(
+        cache.map_runs(&gntdev, &huge),
+        Err(XenMemoryError::TooManyGrants { .. })
+    ));
+    assert_eq!(cache.stats().refused, 2);
 
     // Second run unmappable: the first run of the same call is undone.
     xen.revoke_grant(1, first as u32 + 9).unwrap();
