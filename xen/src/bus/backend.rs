@@ -30,6 +30,8 @@ use crate::{DomId, EvtchnPort};
 const TOKEN_FE: &str = "vmsg-fe-state";
 const TOKEN_ONLINE: &str = "vmsg-online";
 const TOKEN_RELEASE: &str = "vmsg-release";
+/// Rounds of event draining per control wake-up (see `still_wanted`).
+const STILL_WANTED_ROUNDS: usize = 16;
 /// Longest `error` text written to xenstore.
 const MAX_ERROR_LEN: usize = 512;
 
@@ -431,7 +433,11 @@ impl<P: BackendPlatform> XenBackend<P> {
     /// Whether the connection may go on: domain alive, online, frontend
     /// Initialised or Connected. Drains events first.
     fn still_wanted(&mut self) -> Result<bool, XsError> {
-        loop {
+        // Each round reads the current state, so events queued meanwhile
+        // are already reflected; rounds only repeat to catch a
+        // @releaseDomain among them. A guest storming its own nodes cannot
+        // keep us here: after the cap, check the domain directly.
+        for _ in 0..STILL_WANTED_ROUNDS {
             let ev = self.drain_events()?;
             if (ev.release || ev.overflow) && !self.domain_alive()? {
                 self.gone = true;
@@ -451,6 +457,11 @@ impl<P: BackendPlatform> XenBackend<P> {
                 return Ok(true);
             }
         }
+        if !self.domain_alive()? {
+            self.gone = true;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     fn refuse(&mut self, e: &XenBusError) -> Result<(), XenBusError> {
