@@ -221,3 +221,48 @@ fn bench_hook_measures_both_buses_and_the_grant_cache() {
     assert_eq!(g.hit_rate, 1.0);
     assert_eq!(g.page_refs, 50 * 4);
 }
+
+#[test]
+fn event_device_is_carried_in_band_and_mirrored_in_xenstore() {
+    use vmsg_backend::bus::Bus;
+    use vmsg_xen::bus::{Accept, XenBackend};
+
+    let xen = FakeXen::new();
+    let domu = xen.create_domain(6, 16).unwrap();
+    let mut backend = XenBackend::provision(xen.domain(0), 6, grant_cfg()).unwrap();
+    let (ev_tx, ev_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let guest = std::thread::spawn(move || {
+        let fe = XenFrontend::connect(&domu, &FrontendOptions::default()).unwrap();
+        let mut drv = Driver::new(Box::new(fe)).unwrap().with_timeout(TIMEOUT);
+        ev_tx.send(drv.next_event(TIMEOUT).unwrap()).unwrap();
+        // Close only after the backend let go (no 2 s close wait).
+        let _ = done_rx.recv_timeout(TIMEOUT);
+    });
+    let Accept::Connected(mut bus) = backend.accept(None, Some(TIMEOUT)).unwrap() else {
+        panic!("no connection");
+    };
+    let codec = vmsg_proto::Codec::new(vmsg_proto::Profile::V2, bus.max_msg_size()).unwrap();
+    let mut out = [0u8; 64];
+    let n = vmsg_transport::bus::event_device(&codec, 2, true, &mut out).unwrap();
+    bus.send(&out[..n]).unwrap();
+    let ev = ev_rx.recv_timeout(TIMEOUT).unwrap();
+    assert!(
+        matches!(
+            ev,
+            Some(vmsg_driver::wire::Event::Device {
+                device_number: 2,
+                state: 1
+            })
+        ),
+        "{ev:?}"
+    );
+    let devices = "/local/domain/0/backend/vmsg/6/0/devices";
+    assert_eq!(xen.xenstored().read(devices).unwrap(), b"1 2");
+    let n = vmsg_transport::bus::event_device(&codec, 1, false, &mut out).unwrap();
+    bus.send(&out[..n]).unwrap();
+    assert_eq!(xen.xenstored().read(devices).unwrap(), b"2");
+    drop(bus);
+    done_tx.send(()).unwrap();
+    guest.join().unwrap();
+}

@@ -515,11 +515,11 @@ impl<P: BackendPlatform> XenBackend<P> {
             let next = match (self.state, fe) {
                 (S::InitWait, S::Initialised | S::Connected) => {
                     match self.connect() {
-                        Ok(conn) => {
+                        Ok((conn, codec)) => {
                             self.set_state(S::Connected)?;
                             self.stats.connects.fetch_add(1, Ordering::Relaxed);
                             info!("{}: connected", self.be_path);
-                            return Ok(Accept::Connected(Box::new(XenBus::new(self, conn))));
+                            return Ok(Accept::Connected(Box::new(XenBus::new(self, conn, codec))));
                         }
                         Err(e) => {
                             self.refuse(&e)?;
@@ -573,7 +573,7 @@ impl<P: BackendPlatform> XenBackend<P> {
 
     /// Read the frontend's details, map its ring and memory, bind its event
     /// channel.
-    fn connect(&mut self) -> Result<Conn<P>, XenBusError> {
+    fn connect(&mut self) -> Result<(Conn<P>, Codec), XenBusError> {
         let order = match self
             .read_opt(&format!("{}/{}", self.fe_path, keys::RING_PAGE_ORDER))
             .map_err(XenBusError::xs("ring-page-order"))?
@@ -608,7 +608,7 @@ impl<P: BackendPlatform> XenBackend<P> {
             }
         }
         let max = fe_max.min(self.cfg.max_msg_size);
-        Codec::new(self.cfg.profile, max)
+        let codec = Codec::new(self.cfg.profile, max)
             .map_err(|e| XenBusError::Protocol(format!("max-msg-size {fe_max}: {e}")))?;
 
         let gntdev = self.platform.gntdev()?;
@@ -643,7 +643,7 @@ impl<P: BackendPlatform> XenBackend<P> {
         };
         let chans = Arc::new(self.platform.open_evtchn()?);
         let port = BoundPort::interdomain(chans, self.domid, fe_port)?;
-        Ok(Conn {
+        let conn = Conn {
             producer,
             consumer,
             _ring: ring,
@@ -652,7 +652,8 @@ impl<P: BackendPlatform> XenBackend<P> {
             port,
             scratch: vec![0; slot],
             max_msg_size: max,
-        })
+        };
+        Ok((conn, codec))
     }
 
     /// Serve `instance` on connection after connection until the domain
@@ -799,6 +800,7 @@ struct Conn<P: BackendPlatform> {
 pub struct XenBus<'a, P: BackendPlatform> {
     backend: &'a mut XenBackend<P>,
     conn: Option<Conn<P>>,
+    codec: Codec,
     max_msg_size: usize,
     transport_features: u32,
     send_timeout: Duration,
@@ -808,8 +810,9 @@ pub struct XenBus<'a, P: BackendPlatform> {
 }
 
 impl<'a, P: BackendPlatform> XenBus<'a, P> {
-    fn new(backend: &'a mut XenBackend<P>, conn: Conn<P>) -> Self {
+    fn new(backend: &'a mut XenBackend<P>, conn: Conn<P>, codec: Codec) -> Self {
         Self {
+            codec,
             max_msg_size: conn.max_msg_size,
             transport_features: backend.cfg.transport_features,
             send_timeout: backend.cfg.send_timeout,
@@ -842,6 +845,35 @@ impl<'a, P: BackendPlatform> XenBus<'a, P> {
         let path = format!("{}/{}", self.backend.be_path, keys::ERROR);
         if let Err(e) = self.backend.xs.write(&path, msg.as_bytes()) {
             debug!("{path}: {e}");
+        }
+    }
+
+    /// An EVENT_DEVICE the instance sent: mirror it into `devices`, so the
+    /// xenstore view follows hot-add and removal (docs/xen-bus.md §7).
+    fn mirror_event_device(&mut self, frame: &[u8]) {
+        let Ok(h) = self.codec.peek_header(frame) else {
+            return;
+        };
+        if !h.is_bus() || h.msg_id != vmsg_proto::bus_id::EVENT_DEVICE {
+            return;
+        }
+        let Ok(msg) = self.codec.decode(frame) else {
+            return;
+        };
+        let vmsg_proto::Body::EventDevice {
+            device_number,
+            state,
+        } = msg.body
+        else {
+            return;
+        };
+        let mut devices = self.backend.cfg.devices.clone();
+        devices.retain(|&d| d != device_number);
+        if state == vmsg_proto::device_bus_state::ADDED {
+            devices.push(device_number);
+        }
+        if let Err(e) = self.backend.set_devices(&devices) {
+            warn!("{}: publishing devices: {e}", self.backend.be_path);
         }
     }
 
@@ -994,6 +1026,7 @@ impl<P: BackendPlatform> Bus for XenBus<'_, P> {
                         c.port.notify().map_err(ev_bus_err("notify"))?;
                     }
                     self.counters.frames_out += 1;
+                    self.mirror_event_device(frame);
                     return Ok(());
                 }
                 Err(RingError::Full) => {
