@@ -232,9 +232,37 @@ impl FakeLoopbackKernel {
         *lock(&self.shared.remover) = Some(r);
     }
 
+    /// Drop the installed probe and remove (they may hold clones of this
+    /// kernel: dropping them breaks that cycle).
+    pub fn unbind_drivers(&self) {
+        lock(&self.shared.prober).take();
+        lock(&self.shared.remover).take();
+    }
+
     /// The pool as the kernel (and its drivers) see it: at its physical base.
     pub fn pool_memory(&self) -> Arc<GuestMemoryMmap<()>> {
         self.shared.memory.clone()
+    }
+
+    /// A window `[base + offset, base + offset + len)` of the pool, mapped at
+    /// its physical address: the kernel's DMA allocator hands each driver
+    /// disjoint parts of the one pool, and drivers with allocators of their
+    /// own (vmsg-driver's) get one window each.
+    pub fn pool_window(&self, offset: u64, len: u64) -> io::Result<Arc<GuestMemoryMmap<()>>> {
+        offset
+            .checked_add(len)
+            .filter(|&e| e <= self.shared.opts.pool_size && len > 0)
+            .ok_or_else(|| einval("window outside the pool"))?;
+        let size = usize::try_from(len).map_err(|_| einval("window size"))?;
+        let region =
+            MmapRegion::from_file(FileOffset::new(self.shared.pool.try_clone()?, offset), size)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        let region =
+            GuestRegionMmap::new(region, GuestAddress(self.shared.opts.pool_base + offset))
+                .ok_or_else(|| einval("window overflows"))?;
+        GuestMemoryMmap::from_regions(vec![region])
+            .map(Arc::new)
+            .map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// The options.
