@@ -62,6 +62,10 @@ fn green_under(profile: Profile, max: usize) {
     let d = daemon(dir.path(), profile, max);
     for dev_num in [0u16, 1] {
         let r = suite(dir.path(), profile, dev_num);
+        eprintln!(
+            "{profile} (max {max}), device {dev_num}: {}",
+            r.to_string().lines().last().unwrap_or_default()
+        );
         assert_eq!(r.failed(), 0, "{profile}, device {dev_num}:\n{r}");
         // Skips are the other profiles' rules, device-type and strict-bus cases.
         assert!(r.passed() >= 45, "{profile}, device {dev_num}:\n{r}");
