@@ -121,6 +121,41 @@ pub enum BusConfig {
         #[serde(default)]
         poll_spin_us: u64,
     },
+    /// The Linux RFC virtio-msg loopback bus: vmsgd serves the devices to
+    /// its own kernel through `/dev/virtio-msg-lb` and `/dev/virtio-msg-N`
+    /// (docs/linux-user-bus.md). That kernel speaks only `rfc2`.
+    LinuxUser {
+        /// Wire profile; must be `rfc2`.
+        #[serde(default = "rfc2")]
+        profile: ProfileName,
+        /// The loopback control node.
+        #[serde(default = "default_lb_control")]
+        control: PathBuf,
+        /// The message node.
+        #[serde(default = "default_lb_channel")]
+        channel: PathBuf,
+        /// The device tree's reserved-memory directory (where `vmsglb@…` is).
+        #[serde(default = "default_reserved_memory")]
+        reserved_memory: PathBuf,
+        /// Physical base of the pool, if the device tree does not say.
+        pool_base: Option<u64>,
+    },
+}
+
+fn rfc2() -> ProfileName {
+    ProfileName::Rfc2
+}
+
+fn default_lb_control() -> PathBuf {
+    "/dev/virtio-msg-lb".into()
+}
+
+fn default_lb_channel() -> PathBuf {
+    "/dev/virtio-msg-0".into()
+}
+
+fn default_reserved_memory() -> PathBuf {
+    "/proc/device-tree/reserved-memory".into()
 }
 
 fn default_max_msg_size() -> u32 {
@@ -403,10 +438,10 @@ impl Config {
                             "set socket = \"/run/vmsgd/<guest>.sock\"",
                         ));
                     }
-                    let min = if *profile == ProfileName::V2 {
-                        vmsg_proto::MIN_MAX_MSG_SIZE
-                    } else {
-                        48
+                    let min = match profile {
+                        ProfileName::V2 => vmsg_proto::MIN_MAX_MSG_SIZE,
+                        ProfileName::V1 => vmsg_proto::V1_MIN_MAX_MSG_SIZE,
+                        ProfileName::Rfc2 => vmsg_proto::RFC2_MIN_MAX_MSG_SIZE,
                     };
                     if (*max_msg_size as usize) < min
                         || *max_msg_size as usize > vmsg_proto::MAX_MSG_SIZE_LIMIT
@@ -415,6 +450,24 @@ impl Config {
                             Some(bus_span),
                             format!("max_msg_size {max_msg_size} is outside {min}..=65535 for this profile"),
                             "use 264 (the recommended size) unless the peer needs another",
+                        ));
+                    }
+                }
+                BusConfig::LinuxUser {
+                    profile, control, ..
+                } => {
+                    if *profile != ProfileName::Rfc2 {
+                        return Err(loc.error(
+                            Some(bus_span),
+                            "the Linux loopback bus speaks only the rfc2 wire profile",
+                            "set profile = \"rfc2\" or leave profile out",
+                        ));
+                    }
+                    if let Some(other) = sockets.insert(control.clone(), name.clone()) {
+                        return Err(loc.error(
+                            Some(bus_span),
+                            format!("{} is already used by guest {other:?}", control.display()),
+                            "one kernel loopback serves one guest: merge the devices into it",
                         ));
                     }
                 }
@@ -674,6 +727,7 @@ rate_limit = 4096
                 assert_eq!(*max_msg_size, 264);
                 assert_eq!(*profile, ProfileName::V2);
             }
+            other => panic!("expected the local bus, got {other:?}"),
         }
     }
 
@@ -686,6 +740,44 @@ rate_limit = 4096
         assert!(err.message.contains("rate"), "{err}");
         assert!(err.to_string().contains("test.toml:4:"), "{err}");
         assert!(err.fix.contains("spelling"), "{err}");
+    }
+
+    #[test]
+    fn linux_user_bus_defaults_to_rfc2_and_the_kernel_nodes() {
+        let text = "[[guest]]\nname = \"board\"\nbus = { kind = \"linux-user\", pool_base = 0x5fc00000 }\n[[guest.device]]\nkind = \"rng\"\n";
+        let cfg = parse(text).expect("valid");
+        match &cfg.guests[0].bus {
+            BusConfig::LinuxUser {
+                profile,
+                control,
+                channel,
+                pool_base,
+                ..
+            } => {
+                assert_eq!(*profile, ProfileName::Rfc2);
+                assert_eq!(control, Path::new("/dev/virtio-msg-lb"));
+                assert_eq!(channel, Path::new("/dev/virtio-msg-0"));
+                assert_eq!(*pool_base, Some(0x5fc0_0000));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn linux_user_bus_rejects_other_profiles_and_a_shared_node() {
+        let text = "[[guest]]\nname = \"b\"\nbus = { kind = \"linux-user\", profile = \"v2\" }\n[[guest.device]]\nkind = \"rng\"\n";
+        let err = parse(text).expect_err("v2 on the loopback");
+        assert!(err.message.contains("rfc2"), "{err}");
+        assert_eq!(err.line, 3, "{err}");
+        let text = "[[guest]]\nname = \"a\"\nbus = { kind = \"linux-user\" }\n[[guest.device]]\nkind = \"rng\"\n[[guest]]\nname = \"b\"\nbus = { kind = \"linux-user\" }\n[[guest.device]]\nkind = \"rng\"\n";
+        let err = parse(text).expect_err("two guests on one loopback");
+        assert!(err.message.contains("already used"), "{err}");
+    }
+
+    #[test]
+    fn rfc2_local_bus_accepts_44_byte_frames() {
+        let text = "[[guest]]\nname = \"g\"\nbus = { kind = \"local\", socket = \"/s\", profile = \"rfc2\", max_msg_size = 44 }\n[[guest.device]]\nkind = \"rng\"\n";
+        parse(text).expect("44 is rfc2's frame size");
     }
 
     #[test]

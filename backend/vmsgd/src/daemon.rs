@@ -14,6 +14,7 @@ use vmsg_backend::device::VirtioDevice;
 use vmsg_backend::instance::{
     DeviceList, GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
 };
+use vmsg_backend::linux_user::{LinuxUserBus, LinuxUserError, LinuxUserOptions, serve_linux_user};
 use vmsg_backend::local::{LocalBusError, LocalBusListener, LocalServerOptions};
 use vmsg_devices::blk::{BlkConfig, BlkDevice, BlkError};
 use vmsg_devices::rng::{HostEntropy, RngDevice, RngError};
@@ -48,6 +49,14 @@ pub enum DaemonError {
         path: PathBuf,
         #[source]
         source: LocalBusError,
+    },
+    /// The Linux loopback bus could not be opened or failed.
+    #[error("guest {guest}: Linux loopback bus {path}: {source}")]
+    LinuxUser {
+        guest: String,
+        path: PathBuf,
+        #[source]
+        source: LinuxUserError,
     },
     /// The instance could not be created or failed.
     #[error("guest {guest}: {source}")]
@@ -122,6 +131,32 @@ pub fn build_devices(guest: &GuestConfig) -> Result<DeviceList, DaemonError> {
         .collect()
 }
 
+/// The bus a guest is served on.
+enum GuestBus {
+    Local(LocalBusListener),
+    LinuxUser(Box<LinuxUserBus>, PathBuf),
+}
+
+/// Serve the kernel's loopback bus until stopped.
+fn serve_kernel(
+    mut instance: GuestInstance,
+    bus: &mut LinuxUserBus,
+    control: &std::path::Path,
+    stop: &StopSignal,
+    stats: &Mutex<InstanceStats>,
+) -> Result<(), DaemonError> {
+    let guest = instance.name().to_string();
+    let result = serve_linux_user(&mut instance, bus, stop);
+    if let Ok(mut s) = stats.lock() {
+        *s = instance.stats();
+    }
+    result.map(|_| ()).map_err(|source| DaemonError::LinuxUser {
+        guest,
+        path: control.to_path_buf(),
+        source,
+    })
+}
+
 /// A running guest.
 #[derive(Debug)]
 struct GuestHandle {
@@ -144,15 +179,17 @@ impl Daemon {
         let mut prepared = Vec::new();
         for guest in &config.guests {
             let devices = build_devices(guest)?;
-            let BusConfig::Local {
-                socket,
-                profile,
-                max_msg_size,
-                poll_spin_us,
-            } = &guest.bus;
+            let (profile, poll_spin_us) = match &guest.bus {
+                BusConfig::Local {
+                    profile,
+                    poll_spin_us,
+                    ..
+                } => (*profile, *poll_spin_us),
+                BusConfig::LinuxUser { profile, .. } => (*profile, 0),
+            };
             let options = InstanceOptions {
-                profile: (*profile).into(),
-                poll_spin: std::time::Duration::from_micros(*poll_spin_us),
+                profile: profile.into(),
+                poll_spin: std::time::Duration::from_micros(poll_spin_us),
             };
             let instance =
                 GuestInstance::new(guest.name.clone(), options, devices).map_err(|source| {
@@ -161,25 +198,62 @@ impl Daemon {
                         source,
                     }
                 })?;
-            let server = LocalServerOptions {
-                max_msg_size: *max_msg_size as usize,
-                // A driver asking for another wire profile is refused at
-                // the handshake, with both names in the reason.
-                profile: vmsg_backend::local::profile_id(options.profile),
-                ..LocalServerOptions::default()
+            let listener = match &guest.bus {
+                BusConfig::Local {
+                    socket,
+                    max_msg_size,
+                    ..
+                } => {
+                    let server = LocalServerOptions {
+                        max_msg_size: *max_msg_size as usize,
+                        // A driver asking for another wire profile is refused
+                        // at the handshake, with both names in the reason.
+                        profile: vmsg_backend::local::profile_id(options.profile),
+                        ..LocalServerOptions::default()
+                    };
+                    let listener = LocalBusListener::bind(socket, server).map_err(|source| {
+                        DaemonError::Bus {
+                            guest: guest.name.clone(),
+                            path: socket.clone(),
+                            source,
+                        }
+                    })?;
+                    info!(
+                        "guest {}: listening on {} ({} devices)",
+                        guest.name,
+                        socket.display(),
+                        guest.devices.len()
+                    );
+                    GuestBus::Local(listener)
+                }
+                BusConfig::LinuxUser {
+                    control,
+                    channel,
+                    reserved_memory,
+                    pool_base,
+                    ..
+                } => {
+                    let opts = LinuxUserOptions {
+                        control: control.clone(),
+                        channel: channel.clone(),
+                        pool_base: *pool_base,
+                        reserved_memory: reserved_memory.clone(),
+                    };
+                    let bus =
+                        LinuxUserBus::open(&opts).map_err(|source| DaemonError::LinuxUser {
+                            guest: guest.name.clone(),
+                            path: control.clone(),
+                            source,
+                        })?;
+                    info!(
+                        "guest {}: serving the kernel's loopback bus {} ({} devices)",
+                        guest.name,
+                        control.display(),
+                        guest.devices.len()
+                    );
+                    GuestBus::LinuxUser(Box::new(bus), control.clone())
+                }
             };
-            let listener =
-                LocalBusListener::bind(socket, server).map_err(|source| DaemonError::Bus {
-                    guest: guest.name.clone(),
-                    path: socket.clone(),
-                    source,
-                })?;
-            info!(
-                "guest {}: listening on {} ({} devices)",
-                guest.name,
-                socket.display(),
-                guest.devices.len()
-            );
             prepared.push((instance, listener));
         }
         let mut guests = Vec::new();
@@ -190,7 +264,14 @@ impl Daemon {
             let thread_stop = stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("guest-{name}"))
-                .spawn(move || serve_local(instance, &listener, &thread_stop, &thread_stats))
+                .spawn(move || match listener {
+                    GuestBus::Local(listener) => {
+                        serve_local(instance, &listener, &thread_stop, &thread_stats)
+                    }
+                    GuestBus::LinuxUser(mut bus, control) => {
+                        serve_kernel(instance, &mut bus, &control, &thread_stop, &thread_stats)
+                    }
+                })
                 .map_err(|source| DaemonError::Spawn {
                     guest: name.clone(),
                     source,
