@@ -93,6 +93,13 @@ pub fn answer_bus_request(
     // up in the round trip.
     let mut bitmap;
     let body = match msg.body {
+        // v1 windows are 8-aligned (§4.1): a misaligned one has no valid
+        // answer and is dropped as malformed.
+        Body::GetDevices { offset, count }
+            if codec.profile() == Profile::V1 && (offset % 8 != 0 || count % 8 != 0) =>
+        {
+            return Ok(None);
+        }
         Body::GetDevices { offset, count } => {
             bitmap = [0u8; 8192];
             get_devices_response(devices, codec, offset, count, &mut bitmap)

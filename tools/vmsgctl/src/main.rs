@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use vmsg_backend::instance::StopSignal;
 use vmsg_driver::conformance::{SuiteConfig, run_suite_with};
 use vmsg_driver::device::VirtioDevice;
+use vmsg_driver::wire::Profile;
 use vmsg_driver::{Driver, DriverBus};
 use vmsgd::config::Config;
 use vmsgd::daemon::Daemon;
@@ -19,6 +20,11 @@ use vmsgd::daemon::Daemon;
 #[derive(Debug, Parser)]
 #[command(name = "vmsgctl", version, about, long_about = None)]
 struct Cli {
+    /// Wire profile to speak: v2 (default), v1 or rfc2. The guest's bus must
+    /// be configured for the same profile; `conform` without --socket starts
+    /// its daemon with it.
+    #[arg(long, global = true, default_value = "v2")]
+    profile: Profile,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +75,7 @@ enum Command {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    let _ = PROFILE.set(cli.profile);
     let result = match cli.command {
         Command::Probe { socket } => probe(&socket),
         Command::Ping { socket, count } => ping(&socket, count),
@@ -77,7 +84,7 @@ fn main() -> ExitCode {
             dev,
             filter,
             verbose,
-        } => conform(socket.as_deref(), dev, &filter, verbose),
+        } => conform(socket.as_deref(), dev, &filter, verbose, cli.profile),
         Command::Bench { which } => bench::run(&which),
     };
     match result {
@@ -96,12 +103,15 @@ pub(crate) fn connect(socket: &Path) -> Result<Box<dyn DriverBus>, AnyError> {
     connect_with(socket, false)
 }
 
+/// The `--profile` given on the command line, set once in `main`.
+static PROFILE: std::sync::OnceLock<Profile> = std::sync::OnceLock::new();
+
 /// Connect, spinning on the ring for responses instead of sleeping on the
-/// doorbell when `polling` is set.
+/// doorbell when `polling` is set, speaking the `--profile` profile.
 pub(crate) fn connect_with(socket: &Path, polling: bool) -> Result<Box<dyn DriverBus>, AnyError> {
     let opts = vmsg_backend::local::LocalClientOptions {
         polling,
-        ..Default::default()
+        ..vmsg_driver::local::options_for(PROFILE.get().copied().unwrap_or(Profile::V2))
     };
     let bus = vmsg_driver::local::LocalDriverBus::connect(socket, &opts)
         .map_err(|e| format!("{}: {e}", socket.display()))?;
@@ -223,7 +233,9 @@ fn conform(
     dev: Option<u16>,
     filter: &str,
     verbose: bool,
+    profile: Profile,
 ) -> Result<ExitCode, AnyError> {
+    let bus_extra = format!(", profile = \"{profile}\"");
     let own;
     let socket = match socket {
         Some(s) => s.to_path_buf(),
@@ -233,7 +245,7 @@ fn conform(
                 "[[guest.device]]\nkind = \"rng\"\n\n[[guest.device]]\nkind = \"rng\"\nrate_limit = 1048576\n\n\
                  [[guest.device]]\nkind = \"blk\"\npath = \"rw.img\"\nnum_queues = 2\nserial = \"conform-rw\"\n\n\
                  [[guest.device]]\nkind = \"blk\"\npath = \"ro.img\"\nread_only = true\n",
-                "",
+                &bus_extra,
                 &[("rw.img", 64 << 20), ("ro.img", 16 << 20)],
             )?;
             println!("started a daemon of our own on {}", own.socket.display());
@@ -247,6 +259,7 @@ fn conform(
     let cfg = SuiteConfig {
         filter: filter.to_string(),
         drop_window: Duration::from_millis(100),
+        profile,
         ..SuiteConfig::default()
     };
     let mut passed = 0;

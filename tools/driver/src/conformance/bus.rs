@@ -112,7 +112,13 @@ fn lists_device(c: &mut Ctx) -> CaseResult {
 }
 
 fn count_zero(c: &mut Ctx) -> CaseResult {
-    for offset in [0u16, c.dev_num] {
+    // v1 windows start on a multiple of 8 (§4.1).
+    let own = if c.profile() == Profile::V1 {
+        c.dev_num & !7
+    } else {
+        c.dev_num
+    };
+    for offset in [0u16, own] {
         let Some((h, r)) = bus_req(c, Request::GetDevices { offset, count: 0 })? else {
             return Err(unimplemented("GET_DEVICES"));
         };
