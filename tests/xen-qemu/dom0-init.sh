@@ -111,14 +111,33 @@ case "$check" in
 *) finish FAIL "image check: $check" ;;
 esac
 
-# The backend notices the domain's death and removes its directories.
-if [ -n "$server" ] && [ "$SERVER" = example ]; then
+# The backend notices the domain's death, removes its directories and ends.
+backend_running() {
+    case "$SERVER" in
+    example) kill -0 "$server" 2>/dev/null ;;
+    *) ps | grep -q '[v]msgd run --domain' ;;
+    esac
+}
+k=0
+while backend_running && [ "$k" -lt 30 ]; do
+    sleep 1
+    k=$((k + 1))
+done
+backend_running && finish FAIL "the backend did not end within 30s of the domain's death"
+step "the backend ended with the domain"
+if [ "$SERVER" = xl-hook ]; then
+    sed 's/^/vmsgd| /' "/var/log/vmsgd/$DOMU.log"
+fi
+if [ "$SERVER" = vmsgd-watch ]; then
+    kill -0 "$server" 2>/dev/null || finish FAIL "vmsgd watch died"
+    kill -TERM "$server"
     k=0
-    while kill -0 "$server" 2>/dev/null && [ "$k" -lt 30 ]; do
+    while kill -0 "$server" 2>/dev/null && [ "$k" -lt 15 ]; do
         sleep 1
         k=$((k + 1))
     done
-    kill -0 "$server" 2>/dev/null && finish FAIL "the backend did not end after the domain died"
+    kill -0 "$server" 2>/dev/null && finish FAIL "vmsgd watch did not end on SIGTERM"
+    step "vmsgd watch ended on SIGTERM"
 fi
 if [ -n "${EXTRA_CHECK:-}" ]; then
     extra=$($EXTRA_CHECK 2>&1) || finish FAIL "extra check: $extra"

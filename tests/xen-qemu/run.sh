@@ -99,7 +99,8 @@ if [ "${KEEP_LOG:-0}" = 1 ] || [ -z "$final" ] || [[ "$final" != *PASS* ]]; then
     tail -n 20 "$CACHE/qemu-$server.out"
     echo "-----"
 else
-    tr -d '\r' <"$serial" | grep -a -E '^(dom0|domu\||vmsgd|\[)' | grep -a -v '^\[ *[0-9]' | tail -n 40 || true
+    tr -d '\r' <"$serial" | sed 's/\x1b\[[0-9;]*m//g' \
+        | grep -a -E '^(dom0|domu\||vmsgd\||\[[0-9T:.-]+Z (INFO|WARN|ERROR))' | tail -n 60 || true
 fi
 [ -n "$final" ] || die "no final line from dom0 within ${boot_timeout}s (QEMU ended or timed out) after $(elapsed)"
 final=$(echo "$final" | tr -d '\r')

@@ -140,6 +140,62 @@ pub enum BusConfig {
         /// Physical base of the pool, if the device tree does not say.
         pool_base: Option<u64>,
     },
+    /// The Xen bus: vmsgd in dom0 serves the Xen domain named like the
+    /// guest over grants, an event channel and xenstore
+    /// (docs/xen-bus.md). Served by `vmsgd watch` / `vmsgd run --domain`,
+    /// one process per domain, from a file per domain.
+    Xen {
+        /// Device id: `device/vmsg/<devid>` in the guest's xenstore.
+        #[serde(default)]
+        devid: u32,
+        /// How vmsgd reaches the guest's memory.
+        #[serde(default)]
+        memory: XenMemoryMode,
+        /// Grant mode: the most grants the guest may announce (the bound
+        /// on the grant cache).
+        #[serde(default = "default_max_grants")]
+        max_grants: u32,
+        /// Foreign mode: the guest's RAM as GFN runs `first+count,...`
+        /// (required there, refused in grant mode).
+        ranges: Option<String>,
+        /// Wire profile.
+        #[serde(default)]
+        profile: ProfileName,
+        /// Largest message, header included (the bus uses the minimum of
+        /// both sides).
+        #[serde(default = "default_max_msg_size")]
+        max_msg_size: u32,
+        /// Largest ring vmsgd maps: `2^order` pages (0..=8).
+        #[serde(default = "default_max_ring_page_order")]
+        max_ring_page_order: u32,
+        /// Keep polling the ring this many microseconds before sleeping.
+        #[serde(default)]
+        poll_spin_us: u64,
+    },
+}
+
+/// How a Xen guest's memory is reached (docs/xen-bus.md §6).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XenMemoryMode {
+    /// The guest announces a pool of granted pages; driver addresses are
+    /// grant DMA addresses (the default; any guest type).
+    #[default]
+    Grant,
+    /// vmsgd maps the guest's RAM ranges from this configuration by frame
+    /// number (privileged; driver addresses are guest-physical).
+    Foreign,
+}
+
+/// Largest `max_grants` accepted (1 GiB of guest memory).
+pub const MAX_XEN_GRANTS: u32 = 1 << 18;
+
+fn default_max_grants() -> u32 {
+    4096
+}
+
+fn default_max_ring_page_order() -> u32 {
+    4
 }
 
 fn rfc2() -> ProfileName {
@@ -453,6 +509,7 @@ impl Config {
                         ));
                     }
                 }
+                BusConfig::Xen { .. } => check_xen(&loc, bus_span, &bus)?,
                 BusConfig::LinuxUser {
                     profile, control, ..
                 } => {
@@ -547,6 +604,80 @@ impl Config {
             daemon: raw.daemon,
             guests,
         })
+    }
+}
+
+/// Smallest `max_msg_size` a wire profile allows.
+fn min_msg_size(profile: ProfileName) -> usize {
+    match profile {
+        ProfileName::V2 => vmsg_proto::MIN_MAX_MSG_SIZE,
+        ProfileName::V1 => vmsg_proto::V1_MIN_MAX_MSG_SIZE,
+        ProfileName::Rfc2 => vmsg_proto::RFC2_MIN_MAX_MSG_SIZE,
+    }
+}
+
+/// Validate a `kind = "xen"` bus.
+fn check_xen(loc: &Locator<'_>, span: Range<usize>, bus: &BusConfig) -> Result<(), ConfigError> {
+    let BusConfig::Xen {
+        memory,
+        max_grants,
+        ranges,
+        profile,
+        max_msg_size,
+        max_ring_page_order,
+        ..
+    } = bus
+    else {
+        return Ok(());
+    };
+    let err = |message: String, fix: &str| loc.error(Some(span.clone()), message, fix);
+    let min = min_msg_size(*profile);
+    if (*max_msg_size as usize) < min || *max_msg_size as usize > vmsg_proto::MAX_MSG_SIZE_LIMIT {
+        return Err(err(
+            format!("max_msg_size {max_msg_size} is outside {min}..=65535 for this profile"),
+            "use 264 (the recommended size) unless the guest needs another",
+        ));
+    }
+    if *max_ring_page_order > vmsg_xen::bus::MAX_RING_PAGE_ORDER {
+        return Err(err(
+            format!(
+                "max_ring_page_order {max_ring_page_order} is above {}",
+                vmsg_xen::bus::MAX_RING_PAGE_ORDER
+            ),
+            "use 4 (the default: rings of up to 16 pages) or less",
+        ));
+    }
+    match (memory, ranges) {
+        (XenMemoryMode::Grant, Some(_)) => Err(err(
+            "ranges is for memory = \"foreign\"; a grant-mode guest announces its own pool".into(),
+            "remove ranges, or set memory = \"foreign\"",
+        )),
+        (XenMemoryMode::Grant, None) if *max_grants == 0 || *max_grants > MAX_XEN_GRANTS => {
+            Err(err(
+                format!("max_grants {max_grants} is outside 1..={MAX_XEN_GRANTS}"),
+                "use 4096 (the default: 16 MiB of guest buffers) or what the guest's frontend announces",
+            ))
+        }
+        (XenMemoryMode::Grant, None) => Ok(()),
+        (XenMemoryMode::Foreign, None) => Err(err(
+            "memory = \"foreign\" needs the guest's RAM as ranges".into(),
+            "add ranges = \"0+<pages>\" (GFN runs first+count, e.g. \"0+65536\" for 256 MiB)",
+        )),
+        (XenMemoryMode::Foreign, Some(r)) => {
+            let runs = r.parse::<vmsg_xen::memory::GrantRuns>().map_err(|e| {
+                err(
+                    format!("ranges: {e}"),
+                    "write GFN runs as first+count joined by commas, e.g. \"0+65536\"",
+                )
+            })?;
+            if runs.pages() > u64::from(u32::MAX) {
+                return Err(err(
+                    format!("ranges cover {} pages", runs.pages()),
+                    "map at most 16 TiB",
+                ));
+            }
+            Ok(())
+        }
     }
 }
 

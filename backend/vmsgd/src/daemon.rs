@@ -65,6 +65,12 @@ pub enum DaemonError {
         #[source]
         source: InstanceError,
     },
+    /// A Xen guest in the main configuration: Xen domains are served one
+    /// process each, by `vmsgd watch` or `vmsgd run --domain`.
+    #[error(
+        "guest {guest}: Xen guests are served by `vmsgd watch` (or `vmsgd run --domain {guest}`) from /etc/vmsgd/domains/{guest}.toml, not by --config"
+    )]
+    XenGuest { guest: String },
     /// A guest thread could not be started.
     #[error("guest {guest}: spawning its thread: {source}")]
     Spawn {
@@ -178,6 +184,11 @@ impl Daemon {
     pub fn start(config: &Config, stop: StopSignal) -> Result<Self, DaemonError> {
         let mut prepared = Vec::new();
         for guest in &config.guests {
+            if let BusConfig::Xen { .. } = guest.bus {
+                return Err(DaemonError::XenGuest {
+                    guest: guest.name.clone(),
+                });
+            }
             let devices = build_devices(guest)?;
             let (profile, poll_spin_us) = match &guest.bus {
                 BusConfig::Local {
@@ -186,6 +197,11 @@ impl Daemon {
                     ..
                 } => (*profile, *poll_spin_us),
                 BusConfig::LinuxUser { profile, .. } => (*profile, 0),
+                BusConfig::Xen {
+                    profile,
+                    poll_spin_us,
+                    ..
+                } => (*profile, *poll_spin_us),
             };
             let options = InstanceOptions {
                 profile: profile.into(),
@@ -252,6 +268,11 @@ impl Daemon {
                         guest.devices.len()
                     );
                     GuestBus::LinuxUser(Box::new(bus), control.clone())
+                }
+                BusConfig::Xen { .. } => {
+                    return Err(DaemonError::XenGuest {
+                        guest: guest.name.clone(),
+                    });
                 }
             };
             prepared.push((instance, listener));

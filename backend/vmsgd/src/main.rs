@@ -9,7 +9,7 @@ use nix::sys::signal::{SigSet, Signal};
 use vmsg_backend::instance::StopSignal;
 use vmsgd::config::{self, Config};
 use vmsgd::daemon::Daemon;
-use vmsgd::{demo, logging};
+use vmsgd::{demo, logging, xen};
 
 /// virtio-msg backend daemon: serves virtio devices to guests over
 /// virtio-msg buses.
@@ -36,6 +36,30 @@ enum Command {
     /// The driver side of the demo (run by `vmsgd demo` in a second process).
     #[command(hide = true)]
     DemoDriver(demo::DemoDriverArgs),
+    /// Serve one Xen domain from <config-dir>/<name>.toml until it dies
+    /// (what `vmsgd watch` and the xl hook start; run it in dom0).
+    Run {
+        /// The domain: its id or its name.
+        #[arg(long, value_name = "NAME|ID")]
+        domain: String,
+        /// Where the domain files are.
+        #[arg(long, value_name = "DIR", default_value = xen::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
+    /// Supervise Xen domains: start a `vmsgd run` process for each domain
+    /// with a file in <config-dir> when it appears; it ends when the domain
+    /// dies; a failed one is restarted while its domain lives.
+    Watch {
+        /// Where the domain files are (re-read whenever a domain appears).
+        #[arg(long, value_name = "DIR", default_value = xen::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+        /// error, warn, info, debug or trace (RUST_LOG overrides it).
+        #[arg(long, default_value = "info")]
+        log_level: String,
+        /// Log to syslog instead of stderr.
+        #[arg(long)]
+        syslog: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +68,15 @@ fn main() -> ExitCode {
         (Some(Command::CheckConfig { file }), _) => check_config(&file),
         (Some(Command::Demo(args)), _) => demo::run(&args),
         (Some(Command::DemoDriver(args)), _) => demo::run_driver(&args),
+        (Some(Command::Run { domain, config_dir }), _) => run_domain(&domain, &config_dir),
+        (
+            Some(Command::Watch {
+                config_dir,
+                log_level,
+                syslog,
+            }),
+            _,
+        ) => watch(&config_dir, &log_level, syslog),
         (None, Some(file)) => run_daemon(&file),
         (None, None) => {
             eprintln!(
@@ -120,6 +153,125 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
         Err(e) => error!("sigwait: {e}"),
     }
     match daemon.shutdown() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Block SIGINT and SIGTERM (and `extra`) in every thread and trigger the
+/// returned stop signal when SIGINT or SIGTERM arrives.
+fn stop_on_signals(extra: &[Signal]) -> Result<StopSignal, String> {
+    let mut block = SigSet::empty();
+    block.add(Signal::SIGINT);
+    block.add(Signal::SIGTERM);
+    for s in extra {
+        block.add(*s);
+    }
+    block
+        .thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    let stop = StopSignal::new().map_err(|e| e.to_string())?;
+    let mut wait = SigSet::empty();
+    wait.add(Signal::SIGINT);
+    wait.add(Signal::SIGTERM);
+    let trigger = stop.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = wait.wait() {
+                info!("{sig}: shutting down");
+            }
+            trigger.trigger();
+        })
+        .map_err(|e| format!("spawning the signal thread: {e}"))?;
+    Ok(stop)
+}
+
+fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
+    let domain = match vmsg_xen::xenstore::XsClient::open()
+        .map_err(|e| format!("vmsgd: xenstore: {e} (is this dom0 with xenstored running?)"))
+        .and_then(|mut xs| xen::resolve_domain(&mut xs, spec).map_err(|e| format!("vmsgd: {e}")))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (cfg, guest) = match xen::load_domain(dir, &domain.name) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = config::log_level(&cfg.daemon.log_level).unwrap_or(log::LevelFilter::Info);
+    if let Err(e) = logging::init(cfg.daemon.log, level) {
+        eprintln!("vmsgd: {e}");
+        return ExitCode::FAILURE;
+    }
+    let stop = match stop_on_signals(&[]) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let platform = xen::RestrictedHost {
+        domid: domain.domid,
+    };
+    match xen::serve(platform, domain.domid, &guest, &stop) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn watch(dir: &std::path::Path, log_level: &str, syslog: bool) -> ExitCode {
+    let Some(level) = config::log_level(log_level) else {
+        eprintln!("vmsgd: --log-level {log_level:?}: use error, warn, info, debug or trace");
+        return ExitCode::from(2);
+    };
+    let target = if syslog {
+        config::LogTarget::Syslog
+    } else {
+        config::LogTarget::Stderr
+    };
+    if let Err(e) = logging::init(target, level) {
+        eprintln!("vmsgd: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Children are reaped through a signalfd: SIGCHLD stays blocked.
+    let stop = match stop_on_signals(&[Signal::SIGCHLD]) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let result = std::env::current_exe()
+        .map_err(|e| format!("locating the vmsgd binary: {e}"))
+        .and_then(|exe| {
+            xen::ProcessLauncher::new(exe, Vec::new(), dir.clone()).map_err(|e| e.to_string())
+        })
+        .and_then(|launcher| {
+            let mut xs = vmsg_xen::xenstore::XsClient::open()
+                .map_err(|e| format!("xenstore: {e} (is this dom0 with xenstored running?)"))?;
+            let opts = xen::WatchOptions {
+                config_dir: dir.clone(),
+                ..xen::WatchOptions::default()
+            };
+            xen::Supervisor::new(launcher, opts)
+                .run(&mut xs, &stop)
+                .map_err(|e| e.to_string())
+        });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
