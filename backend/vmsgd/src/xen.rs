@@ -26,7 +26,8 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -264,7 +265,7 @@ pub fn backend_config(guest: &GuestConfig) -> Result<(BackendConfig, InstanceOpt
 /// Serve `guest` to domain `domid` until the domain dies, the device is
 /// taken offline or `stop` fires: build the devices, provision the xenstore
 /// directories, serve connection after connection.
-pub fn serve<P: BackendPlatform>(
+pub fn serve<P: BackendPlatform + Clone>(
     platform: P,
     domid: DomId,
     guest: &GuestConfig,
@@ -279,7 +280,7 @@ pub fn serve<P: BackendPlatform>(
         }
     })?;
     let bus = |source| XenError::Bus { domid, source };
-    let mut backend = XenBackend::provision(platform, domid, cfg).map_err(bus)?;
+    let mut backend = XenBackend::provision(platform.clone(), domid, cfg).map_err(bus)?;
     info!(
         "domain {domid} ({}): serving {} device(s) at {}",
         guest.name,
@@ -287,6 +288,20 @@ pub fn serve<P: BackendPlatform>(
         backend.backend_path()
     );
     let end = backend.run(&mut instance, stop).map_err(bus)?;
+    if end == RunEnd::DomainGone {
+        // The backend removed its device directory; the domain's parent
+        // (`backend/vmsg/<domid>`) is ours too (xl removes only the device
+        // types it knows).
+        let parent = format!(
+            "/local/domain/0/backend/{}/{domid}",
+            vmsg_xen::bus::DEVICE_TYPE
+        );
+        match platform.open_xenstore().map(|mut xs| xs.rm(&parent)) {
+            Ok(Err(e)) if !e.is_not_found() => debug!("removing {parent}: {e}"),
+            Err(e) => debug!("removing {parent}: {e}"),
+            _ => {}
+        }
+    }
     let s = backend.stats();
     info!(
         "domain {domid} ({}): {end:?}; {} connection(s), {} refused, {} failed{}",
@@ -529,14 +544,15 @@ impl Launcher for ProcessLauncher {
 }
 
 /// Backends as threads on a platform a factory makes per domain: the fake
-/// Xen in tests (no process isolation: a test vehicle and an in-process
-/// mode).
+/// Xen in tests (no process isolation: a test vehicle). [`Killer`] makes a
+/// backend thread end as a crashed process would.
 pub struct ThreadLauncher<P, F>
 where
     F: FnMut(DomId) -> P,
 {
     platform: F,
     wake: OwnedFd,
+    killer: Killer,
 }
 
 impl<P, F: FnMut(DomId) -> P> std::fmt::Debug for ThreadLauncher<P, F> {
@@ -545,9 +561,32 @@ impl<P, F: FnMut(DomId) -> P> std::fmt::Debug for ThreadLauncher<P, F> {
     }
 }
 
+/// Kills backend threads of a [`ThreadLauncher`] (fault injection: the
+/// thread ends at once, reported as a failure, like a SIGKILLed process).
+#[derive(Debug, Clone, Default)]
+pub struct Killer(Arc<Mutex<BTreeMap<DomId, KillSwitch>>>);
+
+/// A backend thread's stop signal and its "was killed" flag.
+type KillSwitch = (StopSignal, Arc<AtomicBool>);
+
+impl Killer {
+    /// Kill the running backend of `domid`; false if there is none.
+    pub fn kill(&self, domid: DomId) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&domid) {
+            Some((stop, killed)) => {
+                killed.store(true, Ordering::SeqCst);
+                stop.trigger();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl<P, F> ThreadLauncher<P, F>
 where
-    P: BackendPlatform + 'static,
+    P: BackendPlatform + Clone + 'static,
     F: FnMut(DomId) -> P,
 {
     /// Launch backends on `platform(domid)`.
@@ -562,7 +601,13 @@ where
         Ok(Self {
             platform,
             wake: wake.into(),
+            killer: Killer::default(),
         })
+    }
+
+    /// A handle that kills backend threads.
+    pub fn killer(&self) -> Killer {
+        self.killer.clone()
     }
 }
 
@@ -573,14 +618,6 @@ pub struct ThreadChild {
     done: mpsc::Receiver<ChildEnd>,
     thread: Option<JoinHandle<()>>,
     ended: Option<ChildEnd>,
-}
-
-impl ThreadChild {
-    /// The stop signal of this backend (tests trigger it to make the
-    /// backend die while its domain lives).
-    pub fn stop_signal(&self) -> &StopSignal {
-        &self.stop
-    }
 }
 
 impl BackendChild for ThreadChild {
@@ -615,7 +652,7 @@ impl BackendChild for ThreadChild {
 
 impl<P, F> Launcher for ThreadLauncher<P, F>
 where
-    P: BackendPlatform + 'static,
+    P: BackendPlatform + Clone + 'static,
     F: FnMut(DomId) -> P,
 {
     type Child = ThreadChild;
@@ -625,6 +662,12 @@ where
             guest: guest.name.clone(),
             source,
         })?;
+        let killed = Arc::new(AtomicBool::new(false));
+        self.killer
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domid, (stop.clone(), killed.clone()));
         let platform = (self.platform)(domid);
         let guest = guest.clone();
         let stop2 = stop.clone();
@@ -633,19 +676,33 @@ where
             .wake
             .try_clone()
             .map_err(os("duplicating the wake eventfd"))?;
+        let killer = self.killer.clone();
         let thread = std::thread::Builder::new()
             .name(format!("xen-dom{domid}"))
             .spawn(move || {
-                let end = match serve(platform, domid, &guest, &stop2) {
-                    Ok(end) => ChildEnd {
-                        success: true,
-                        what: format!("{end:?}"),
-                    },
-                    Err(e) => ChildEnd {
+                let result = serve(platform, domid, &guest, &stop2);
+                let end = if killed.load(Ordering::SeqCst) {
+                    ChildEnd {
                         success: false,
-                        what: e.to_string(),
-                    },
+                        what: "killed".into(),
+                    }
+                } else {
+                    match result {
+                        Ok(end) => ChildEnd {
+                            success: true,
+                            what: format!("{end:?}"),
+                        },
+                        Err(e) => ChildEnd {
+                            success: false,
+                            what: e.to_string(),
+                        },
+                    }
                 };
+                killer
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&domid);
                 let _ = tx.send(end);
                 let _ = nix::unistd::write(&wake, &1u64.to_ne_bytes());
             })
@@ -706,7 +763,8 @@ struct Slot<C> {
     launches: Vec<Instant>,
     /// A restart is due at this time.
     restart_at: Option<Instant>,
-    /// Gave up restarting.
+    /// No backend for this domain any more: restarts exhausted, or it
+    /// ended on purpose.
     given_up: bool,
     /// The domain is gone: escalation deadlines (SIGTERM, then SIGKILL).
     dying: Option<(Instant, bool)>,
@@ -733,6 +791,8 @@ pub struct Supervisor<L: Launcher> {
     /// By domid.
     slots: BTreeMap<DomId, Slot<L::Child>>,
     stats: WatchStats,
+    /// When the next restart or escalation is due.
+    next: Option<Instant>,
 }
 
 impl<L: Launcher> Supervisor<L> {
@@ -743,6 +803,7 @@ impl<L: Launcher> Supervisor<L> {
             opts,
             slots: BTreeMap::new(),
             stats: WatchStats::default(),
+            next: None,
         }
     }
 
@@ -822,14 +883,20 @@ impl<L: Launcher> Supervisor<L> {
                     );
                     slot.restart_at = Some(now + delay);
                 }
+            } else if alive {
+                // Ended on purpose (device taken offline, SIGTERM from an
+                // administrator): not restarted while this domain lives.
+                info!(
+                    "domain {domid} ({}): backend ended: {}; not restarting it for this domain",
+                    slot.name, end.what
+                );
+                slot.given_up = true;
             } else {
                 info!(
                     "domain {domid} ({}): backend ended: {}",
                     slot.name, end.what
                 );
-                if !alive {
-                    removed.push(domid);
-                }
+                removed.push(domid);
             }
         }
         for domid in removed {
@@ -994,51 +1061,64 @@ impl<L: Launcher> Supervisor<L> {
         self.launcher.drain_wake();
     }
 
-    /// Run until `stop` fires: watch `@introduceDomain`/`@releaseDomain` on
-    /// `xs` and reconcile on every event, every ended backend and every
-    /// due restart; then stop every backend.
-    pub fn run<S>(&mut self, xs: &mut XsClient<S>, stop: &StopSignal) -> Result<(), XenError>
+    /// Register the `@introduceDomain` / `@releaseDomain` watches on `xs`
+    /// (before the first [`Supervisor::step`]).
+    pub fn watch_domains<S>(&mut self, xs: &mut XsClient<S>) -> Result<(), XenError>
     where
         S: std::io::Read + std::io::Write + AsFd,
     {
         xs.watch_introduce_domain(TOKEN_INTRODUCE)
             .map_err(xs_err("watch @introduceDomain"))?;
         xs.watch_release_domain(TOKEN_RELEASE)
-            .map_err(xs_err("watch @releaseDomain"))?;
+            .map_err(xs_err("watch @releaseDomain"))
+    }
+
+    /// Run until `stop` fires: watch the domains and reconcile on every
+    /// event, every ended backend and every due restart; then stop every
+    /// backend.
+    pub fn run<S>(&mut self, xs: &mut XsClient<S>, stop: &StopSignal) -> Result<(), XenError>
+    where
+        S: std::io::Read + std::io::Write + AsFd,
+    {
+        self.watch_domains(xs)?;
         info!(
             "watching for domains configured in {}",
             self.opts.config_dir.display()
         );
-        let result = self.watch_loop(xs, stop);
+        let mut first = true;
+        let result = loop {
+            match self.step(xs, stop, Some(Duration::ZERO).filter(|_| first)) {
+                Ok(true) => break Ok(()),
+                Ok(false) => first = false,
+                Err(e) => break Err(e),
+            }
+        };
         self.shutdown();
         result
     }
 
-    fn watch_loop<S>(&mut self, xs: &mut XsClient<S>, stop: &StopSignal) -> Result<(), XenError>
+    /// One round: wait (at most `timeout`, if given) for a watch event, an
+    /// ended backend, a due restart or escalation, or `stop`; then take the
+    /// queued events and reconcile. Returns whether `stop` fired.
+    pub fn step<S>(
+        &mut self,
+        xs: &mut XsClient<S>,
+        stop: &StopSignal,
+        timeout: Option<Duration>,
+    ) -> Result<bool, XenError>
     where
         S: std::io::Read + std::io::Write + AsFd,
     {
-        loop {
-            while xs
-                .try_next_event()
-                .map_err(xs_err("watch events"))?
-                .is_some()
-            {}
-            self.launcher.drain_wake();
-            let next = self.reconcile(xs)?;
-            if stop.is_triggered() {
-                return Ok(());
-            }
-            if xs.pending_events() > 0 {
-                continue;
-            }
-            let timeout = match next {
+        if xs.pending_events() == 0 && !stop.is_triggered() {
+            let limit = timeout.map(|t| Instant::now() + t);
+            let until = match (self.next, limit) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = match until {
                 None => PollTimeout::NONE,
                 Some(t) => {
-                    let ms = t
-                        .saturating_duration_since(Instant::now())
-                        .as_millis()
-                        .max(1);
+                    let ms = t.saturating_duration_since(Instant::now()).as_millis();
                     PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX))
                         .unwrap_or(PollTimeout::MAX)
                 }
@@ -1062,5 +1142,13 @@ impl<L: Launcher> Supervisor<L> {
                 }
             }
         }
+        while xs
+            .try_next_event()
+            .map_err(xs_err("watch events"))?
+            .is_some()
+        {}
+        self.launcher.drain_wake();
+        self.next = self.reconcile(xs)?;
+        Ok(stop.is_triggered())
     }
 }
