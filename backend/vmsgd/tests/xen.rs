@@ -473,3 +473,24 @@ fn vmsgd_run_without_xen_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("xenstore"), "{err}");
 }
+
+#[test]
+fn the_example_domain_files_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dom0-config/domains");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Offline: the images belong to the dom0 the file is meant for.
+        let cfg = Config::parse_offline(&path, &text).unwrap();
+        let stem = path.file_stem().unwrap().to_str().unwrap();
+        assert_eq!(cfg.guests.len(), 1, "{}", path.display());
+        assert_eq!(cfg.guests[0].name, stem, "{}", path.display());
+        backend_config(&cfg.guests[0]).unwrap();
+        seen += 1;
+    }
+    assert!(seen >= 2, "grant and foreign examples in {}", dir.display());
+}
