@@ -92,9 +92,10 @@ mkdir -p "$root$xbin" "$root/lib/x86_64-linux-gnu" "$root/lib64" "$root/usr/sbin
 libpath="$R/usr/lib/x86_64-linux-gnu:$R/lib/x86_64-linux-gnu"
 copy_libs() { # binary: its shared libraries, unpacked Xen ones first
     local lib
-    LD_LIBRARY_PATH=$libpath ldd "$1" | grep -q 'not found' \
-        && die "$1: $(LD_LIBRARY_PATH=$libpath ldd "$1" | grep 'not found' | tr -s ' \t' ' ')"
-    for lib in $(LD_LIBRARY_PATH=$libpath ldd "$1" | awk '$3 ~ /^\// { print $3 }'); do
+    local deps
+    deps=$(LD_LIBRARY_PATH=$libpath ldd "$1") || die "ldd $1 failed"
+    case "$deps" in *"not found"*) die "$1: $(echo "$deps" | grep 'not found' | tr -s ' \t' ' ')" ;; esac
+    for lib in $(echo "$deps" | awk '$3 ~ /^\// { print $3 }'); do
         cp -L "$lib" "$root/lib/x86_64-linux-gnu/"
     done
 }
@@ -104,7 +105,8 @@ for b in xl xenstored xen-init-dom0 xenconsoled; do
 done
 cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 # glibc dlopens libgcc_s for thread cancellation and unwinding; xl needs it.
-gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ { print $NF; exit }')
+# (No early exit in pipelines: with pipefail a SIGPIPEd writer fails the script.)
+gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ && !f { f = $NF } END { print f }')
 [ -n "$gcc_s" ] || die "libgcc_s.so.1 not found on this host"
 cp -L "$gcc_s" "$root/lib/x86_64-linux-gnu/"
 

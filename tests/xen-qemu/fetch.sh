@@ -22,7 +22,7 @@ mkdir -p "$CACHE/debs"
 
 # The kernel: whatever linux-image-amd64 points at today (a 6.1 bookworm one).
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
-    | awk '/Depends: linux-image-6\.1\.0-[0-9]+-amd64$/ {print $2; exit}')
+    | awk '/Depends: linux-image-6\.1\.0-[0-9]+-amd64$/ && !k {k = $2} END {print k}')
 [ -n "$kpkg" ] || die "cannot find the kernel package linux-image-amd64 depends on (apt-get update?)"
 
 # The emulator: QEMU from the configured suites, unpacked with the libraries
@@ -56,11 +56,11 @@ log "downloading: $all"
 
 rm -rf "$CACHE/root" && mkdir -p "$CACHE/root"
 for p in $all; do
-    deb=$(ls -t "$CACHE/debs/${p}_"*.deb 2>/dev/null | head -n1)
+    deb=$(ls -t "$CACHE/debs/${p}_"*.deb 2>/dev/null | sed -n 1p)
     [ -n "$deb" ] || die "no .deb for $p in $CACHE/debs"
     dpkg -x "$deb" "$CACHE/root"
 done
 echo "${kpkg#linux-image-}" >"$CACHE/kver"
-dpkg-deb -f "$(ls -t "$CACHE/debs/qemu-system-x86_"*.deb | head -n1)" Version >"$CACHE/qemu-version"
+dpkg-deb -f "$(ls -t "$CACHE/debs/qemu-system-x86_"*.deb | sed -n 1p)" Version >"$CACHE/qemu-version"
 echo "$all" >"$CACHE/fetched.stamp"
 log "unpacked into $CACHE/root (kernel $(cat "$CACHE/kver"), qemu $(cat "$CACHE/qemu-version"))"

@@ -47,7 +47,7 @@ cp "$bin/examples/domu-frontend" "$bins/"
 [ "$server" = example ] && cp "$bin/examples/dom0-serve" "$bins/"
 [ "$server" != example ] && cp "$bin/vmsgd" "$bins/"
 for b in "$bins"/*; do
-    file "$b" 2>/dev/null | grep -q 'static' || die "$b is not statically linked"
+    case "$(LC_ALL=C ldd "$b" 2>&1 || true)" in *"=>"*) die "$b is not statically linked" ;; esac
 done
 log "built ($(elapsed))"
 
