@@ -129,6 +129,7 @@ EOF
 
 # The backend, as a user installs it.
 strip_copy "$bin/domu-frontend" "$root/usr/sbin/domu-frontend"
+[ -x "$bin/foreign-probe" ] && strip_copy "$bin/foreign-probe" "$root/usr/sbin/foreign-probe"
 case "$SERVER" in
 example)
     strip_copy "$bin/dom0-serve" "$root/usr/sbin/dom0-serve"

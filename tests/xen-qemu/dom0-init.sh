@@ -73,6 +73,11 @@ example)
 esac
 domid=$(xl domid "$DOMU") || finish FAIL "xl domid after create"
 step "domain $DOMU is $domid"
+# Informational: what mapping the domU's frames 0..15 by number does on x86
+# PV (foreign mode's mechanism; docs/xen-bus.md §10). Never fails the test.
+if [ -x /usr/sbin/foreign-probe ]; then
+    foreign-probe "$domid" 0 16 || true
+fi
 
 # Wait (bounded) for the verdict in the guest's console log.
 log="/var/log/xen/console/guest-$DOMU.log"

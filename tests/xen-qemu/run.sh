@@ -31,7 +31,7 @@ log "fetched ($(elapsed))"
 # crt-static flags never mix with the workspace's normal builds.
 target=x86_64-unknown-linux-gnu
 tdir="$repo/target/xen-qemu"
-what=(-p vmsg-xen --example domu-frontend)
+what=(-p vmsg-xen --example domu-frontend --example foreign-probe)
 case "$server" in
 example) what+=(--example dom0-serve) ;;
 vmsgd-watch | xl-hook) what+=(-p vmsgd --bin vmsgd) ;;
@@ -43,7 +43,7 @@ esac
 bin="$tdir/$target/release"
 bins="$CACHE/bin-$server"
 rm -rf "$bins" && mkdir -p "$bins"
-cp "$bin/examples/domu-frontend" "$bins/"
+cp "$bin/examples/domu-frontend" "$bin/examples/foreign-probe" "$bins/"
 [ "$server" = example ] && cp "$bin/examples/dom0-serve" "$bins/"
 [ "$server" != example ] && cp "$bin/vmsgd" "$bins/"
 for b in "$bins"/*; do
@@ -100,7 +100,7 @@ if [ "${KEEP_LOG:-0}" = 1 ] || [ -z "$final" ] || [[ "$final" != *PASS* ]]; then
     echo "-----"
 else
     tr -d '\r' <"$serial" | sed 's/\x1b\[[0-9;]*m//g' \
-        | grep -a -E '^(dom0|domu\||vmsgd\||\[[0-9T:.-]+Z (INFO|WARN|ERROR))' | tail -n 60 || true
+        | grep -a -E '^(dom0|domu\||vmsgd\||VMSG-FOREIGN|\[[0-9T:.-]+Z (INFO|WARN|ERROR))' | tail -n 60 || true
 fi
 [ -n "$final" ] || die "no final line from dom0 within ${boot_timeout}s (QEMU ended or timed out) after $(elapsed)"
 final=$(echo "$final" | tr -d '\r')
