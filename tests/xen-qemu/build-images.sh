@@ -106,7 +106,8 @@ done
 cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 # glibc dlopens libgcc_s for thread cancellation and unwinding; xl needs it.
 # (No early exit in pipelines: with pipefail a SIGPIPEd writer fails the script.)
-gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ && !f { f = $NF } END { print f }')
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig) # not in a user's PATH
+gcc_s=$("$ldconfig" -p | awk '/libgcc_s\.so\.1 .*x86-64/ && !f { f = $NF } END { print f }')
 [ -n "$gcc_s" ] || die "libgcc_s.so.1 not found on this host"
 cp -L "$gcc_s" "$root/lib/x86_64-linux-gnu/"
 
