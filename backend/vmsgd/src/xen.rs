@@ -825,6 +825,12 @@ impl<L: Launcher> Supervisor<L> {
             .collect()
     }
 
+    /// When the supervisor next has to act without an event (a restart or
+    /// an escalation is due), as of the last reconcile.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next
+    }
+
     /// The running backend of `domid` (tests make it fail through it).
     pub fn child_mut(&mut self, domid: DomId) -> Option<&mut L::Child> {
         self.slots.get_mut(&domid).and_then(|s| s.child.as_mut())
@@ -952,6 +958,12 @@ impl<L: Launcher> Supervisor<L> {
         }
         self.slots
             .retain(|d, s| s.child.is_some() || running.iter().any(|r| r.domid == *d));
+        // A restart is only due for a domain that still has a file.
+        for slot in self.slots.values_mut() {
+            if !configs.contains_key(&slot.name) {
+                slot.restart_at = None;
+            }
+        }
         // Start what is missing.
         for d in &running {
             let Some(guest) = configs.get(&d.name) else {
@@ -988,9 +1000,19 @@ impl<L: Launcher> Supervisor<L> {
                     }
                 }
                 Err(e) => {
-                    error!("domain {} ({}): {e}", d.domid, d.name);
                     slot.launches.push(now);
-                    slot.restart_at = Some(now + self.opts.restart_delay);
+                    slot.launches
+                        .retain(|t| now.duration_since(*t) < self.opts.restart_window);
+                    if slot.launches.len() as u32 > self.opts.max_restarts {
+                        error!(
+                            "domain {} ({}): {e}; giving up until the domain is recreated",
+                            d.domid, d.name
+                        );
+                        slot.given_up = true;
+                    } else {
+                        error!("domain {} ({}): {e}; retrying", d.domid, d.name);
+                        slot.restart_at = Some(now + self.opts.restart_delay);
+                    }
                 }
             }
         }

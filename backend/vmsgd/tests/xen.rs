@@ -494,3 +494,32 @@ fn the_example_domain_files_are_valid() {
     }
     assert!(seen >= 2, "grant and foreign examples in {}", dir.display());
 }
+
+#[test]
+fn a_failed_backend_whose_file_is_gone_is_not_restarted() {
+    let xen = FakeXen::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "domU-1", &rng_file("domU-1"));
+    let launcher = {
+        let xen = xen.clone();
+        ThreadLauncher::new(move |_| xen.domain(0)).unwrap()
+    };
+    let killer = launcher.killer();
+    let mut sup = Supervisor::new(launcher, watch_opts(dir.path()));
+    let mut xs = xen.domain(0).xenstore().unwrap();
+    let stop = StopSignal::new().unwrap();
+    sup.watch_domains(&mut xs).unwrap();
+    xen.create_domain(1, 16).unwrap();
+    step_until(&mut sup, &mut xs, &stop, "the backend of 1", |s| {
+        s.serving() == [1]
+    });
+    std::fs::remove_file(dir.path().join("domU-1.toml")).unwrap();
+    assert!(killer.kill(1));
+    step_until(&mut sup, &mut xs, &stop, "the backend's end", |s| {
+        s.stats().failed == 1
+    });
+    assert!(sup.serving().is_empty());
+    assert_eq!(sup.next_due(), None, "no restart due: nothing to spin on");
+    assert_eq!(sup.stats().launched, 1);
+    sup.shutdown();
+}
