@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use thiserror::Error;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use vmsg_proto::{Body, Codec, CodecError, DecodeError, Profile};
+use vmsg_proto::{Codec, CodecError, DecodeError, Profile};
 use vmsg_transport::bus::{DeviceSet, answer_bus_request};
 
 use crate::bus::{Bus, BusCounters, BusError};
@@ -394,7 +394,7 @@ impl GuestInstance {
                 return Ok(());
             }
         };
-        if is_bus_message(&msg.body) {
+        if msg.body.is_bus() {
             // Bus messages carry dev_num 0 (§1); anything else is malformed.
             if msg.dev_num != 0 {
                 self.drops.malformed += 1;
@@ -454,18 +454,6 @@ impl GuestInstance {
             }
         })
     }
-}
-
-fn is_bus_message(body: &Body<'_>) -> bool {
-    matches!(
-        body,
-        Body::GetDevices { .. }
-            | Body::Devices { .. }
-            | Body::Ping { .. }
-            | Body::Pong { .. }
-            | Body::EventDevice { .. }
-            | Body::BusSpecific { .. }
-    )
 }
 
 /// Run `f` with an emitter that sends frames on `bus`; after the first send

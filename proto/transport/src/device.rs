@@ -512,12 +512,7 @@ impl DeviceTransport {
                     _ => Handled::drop(Dropped::QueueNotLive),
                 }
             }
-            Body::GetDevices { .. }
-            | Body::Ping { .. }
-            | Body::EventDevice { .. }
-            | Body::BusSpecific { .. }
-            | Body::Devices { .. }
-            | Body::Pong { .. } => Handled::drop(Dropped::BusMessage),
+            body if body.is_bus() => Handled::drop(Dropped::BusMessage),
             _ => Handled::drop(Dropped::NotARequest),
         };
         Ok(handled)
