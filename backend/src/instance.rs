@@ -16,10 +16,11 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use thiserror::Error;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmsg_proto::{Codec, CodecError, DecodeError, Profile};
-use vmsg_transport::bus::{DeviceSet, answer_bus_request};
+use vmsg_transport::bus::{DeviceSet, answer_bus_request, event_device};
 
 use crate::bus::{Bus, BusCounters, BusError};
 use crate::device::{DeviceCounters, DeviceHost, VirtioDevice};
+use crate::hotplug::{Change, DeviceControl, HotplugError, HotplugQueue, Request};
 
 /// Errors of an instance.
 #[derive(Debug, Error)]
@@ -33,6 +34,9 @@ pub enum InstanceError {
     /// The bus failed.
     #[error("bus: {0}")]
     Bus(#[from] BusError),
+    /// The hot-plug queue could not be set up.
+    #[error("hot-plug: {0}")]
+    Hotplug(#[from] HotplugError),
     /// epoll or eventfd failed.
     #[error("{op}: {source}")]
     Os {
@@ -170,11 +174,13 @@ pub struct GuestInstance {
     frames: u64,
     drops: DropCounters,
     bus_counters: BusCounters,
+    hotplug: HotplugQueue,
 }
 
 const EV_DOORBELL: u64 = 1;
 const EV_CONTROL: u64 = 2;
 const EV_STOP: u64 = 3;
+const EV_HOTPLUG: u64 = 4;
 /// Device fds use `EV_DEVICE_BASE + dev_num`.
 const EV_DEVICE_BASE: u64 = 1 << 32;
 
@@ -201,7 +207,14 @@ impl GuestInstance {
             frames: 0,
             drops: DropCounters::default(),
             bus_counters: BusCounters::default(),
+            hotplug: HotplugQueue::new()?,
         })
+    }
+
+    /// A handle other threads use to add and remove this guest's devices
+    /// while it is served (`crate::hotplug`).
+    pub fn device_control(&self) -> DeviceControl {
+        self.hotplug.control()
     }
 
     /// The guest's name.
@@ -254,6 +267,14 @@ impl GuestInstance {
     /// this itself; tests that feed frames with `on_frame` call it directly.
     pub fn attach(&mut self, bus: &dyn Bus) -> Result<Codec, InstanceError> {
         let codec = Codec::new(self.options.profile, bus.max_msg_size())?;
+        // Changes queued while no bus was connected: the driver has not
+        // discovered anything yet, so they need no EVENT_DEVICE.
+        for Request { change, reply } in self.hotplug.take() {
+            let dev_num = change.dev_num();
+            let result = self.change_offline(change);
+            self.log_change(dev_num, &result);
+            let _ = reply.send(result.map(|_| ()));
+        }
         let mem = bus.memory();
         for dev in self.devices.values_mut() {
             dev.attach(codec, bus.transport_features(), mem.clone());
@@ -275,19 +296,13 @@ impl GuestInstance {
         stop: &StopSignal,
     ) -> Result<ServeEnd, InstanceError> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno("epoll_create"))?;
-        let add = |fd: RawFd, data: u64| -> Result<(), InstanceError> {
-            // SAFETY: the fds are owned by the bus and the stop signal, which
-            // outlive this loop; the borrow only lives for the epoll_ctl call.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            epoll
-                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, data))
-                .map_err(errno("epoll_ctl"))
-        };
+        let add = |fd: RawFd, data: u64| epoll_add(&epoll, fd, data).map_err(os("epoll_ctl"));
         add(bus.doorbell_fd(), EV_DOORBELL)?;
         if let Some(fd) = bus.control_fd() {
             add(fd, EV_CONTROL)?;
         }
         add(stop.as_raw_fd(), EV_STOP)?;
+        add(self.hotplug.wake_fd(), EV_HOTPLUG)?;
         for (&dev_num, dev) in &self.devices {
             for fd in dev.event_fds() {
                 add(fd, EV_DEVICE_BASE + u64::from(dev_num))?;
@@ -346,6 +361,7 @@ impl GuestInstance {
                         let dev_num = (data - EV_DEVICE_BASE) as u16;
                         self.device_event(dev_num, bus)?;
                     }
+                    EV_HOTPLUG => self.apply_changes(codec, bus, &epoll)?,
                     EV_CONTROL => match bus.handle_control() {
                         Ok(()) => {}
                         Err(BusError::Disconnected) => return Ok(ServeEnd::Disconnected),
@@ -438,6 +454,104 @@ impl GuestInstance {
         emit_to(bus, |emit| dev.apply(handled.effect, emit))
     }
 
+    /// Carry out the queued device changes on a connected bus and announce
+    /// each with EVENT_DEVICE (§4.3: `ADDED` once the device can process
+    /// transport messages, `REMOVED` once it no longer can).
+    fn apply_changes(
+        &mut self,
+        codec: &Codec,
+        bus: &mut dyn Bus,
+        epoll: &Epoll,
+    ) -> Result<(), InstanceError> {
+        for Request { change, reply } in self.hotplug.take() {
+            let dev_num = change.dev_num();
+            let result = match change {
+                Change::Add(n, dev) => self.add_online(n, dev, codec, bus, epoll),
+                Change::Remove(n) => self.remove_online(n, epoll),
+            };
+            self.log_change(dev_num, &result);
+            let announce = result.as_ref().ok().copied();
+            let _ = reply.send(result.map(|_| ()));
+            if let Some(added) = announce {
+                let mut out = vec![0u8; codec.max_msg_size()];
+                match event_device(codec, dev_num, added, &mut out) {
+                    Ok(n) => send(bus, &out[..n])?,
+                    Err(e) => warn!("{}: encoding EVENT_DEVICE: {e}", self.name),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns whether the device was added (else removed).
+    fn change_offline(&mut self, change: Change) -> Result<bool, HotplugError> {
+        match change {
+            Change::Add(n, dev) => {
+                if self.devices.contains_key(&n) {
+                    return Err(HotplugError::InUse(n));
+                }
+                self.devices.insert(n, DeviceHost::new(n, dev));
+                Ok(true)
+            }
+            Change::Remove(n) => {
+                let mut host = self
+                    .devices
+                    .remove(&n)
+                    .ok_or(HotplugError::NoSuchDevice(n))?;
+                host.detach();
+                Ok(false)
+            }
+        }
+    }
+
+    fn add_online(
+        &mut self,
+        n: u16,
+        dev: Box<dyn VirtioDevice>,
+        codec: &Codec,
+        bus: &dyn Bus,
+        epoll: &Epoll,
+    ) -> Result<bool, HotplugError> {
+        if self.devices.contains_key(&n) {
+            return Err(HotplugError::InUse(n));
+        }
+        let mut host = DeviceHost::new(n, dev);
+        let fds = host.event_fds();
+        for (i, &fd) in fds.iter().enumerate() {
+            if let Err(source) = epoll_add(epoll, fd, EV_DEVICE_BASE + u64::from(n)) {
+                for &done in &fds[..i] {
+                    epoll_delete(epoll, done);
+                }
+                return Err(HotplugError::Watch { dev_num: n, source });
+            }
+        }
+        host.attach(*codec, bus.transport_features(), bus.memory());
+        self.devices.insert(n, host);
+        Ok(true)
+    }
+
+    fn remove_online(&mut self, n: u16, epoll: &Epoll) -> Result<bool, HotplugError> {
+        let mut host = self
+            .devices
+            .remove(&n)
+            .ok_or(HotplugError::NoSuchDevice(n))?;
+        for fd in host.event_fds() {
+            epoll_delete(epoll, fd);
+        }
+        // Reset: queues stop, in-flight work is abandoned (the driver was
+        // told nothing yet, and will be told REMOVED).
+        host.detach();
+        Ok(false)
+    }
+
+    fn log_change(&self, dev_num: u16, result: &Result<bool, HotplugError>) {
+        match result {
+            Ok(true) => info!("{}: device {dev_num} added", self.name),
+            Ok(false) => info!("{}: device {dev_num} removed", self.name),
+            Err(e) => warn!("{}: device {dev_num}: change refused: {e}", self.name),
+        }
+    }
+
     fn device_event(&mut self, dev_num: u16, bus: &mut dyn Bus) -> Result<(), InstanceError> {
         let Some(dev) = self.devices.get_mut(&dev_num) else {
             return Ok(());
@@ -468,6 +582,25 @@ fn emit_to(bus: &mut dyn Bus, f: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Result<(
         }
     });
     failed.map_or(Ok(()), |e| Err(e.into()))
+}
+
+fn epoll_add(epoll: &Epoll, fd: RawFd, data: u64) -> Result<(), std::io::Error> {
+    // SAFETY: the fds belong to the bus, the stop signal, the hot-plug queue
+    // or a device the instance owns, all of which outlive their
+    // registration (a removed device is deregistered before it is
+    // dropped); the borrow only lives for the epoll_ctl call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    epoll
+        .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, data))
+        .map_err(std::io::Error::from)
+}
+
+fn epoll_delete(epoll: &Epoll, fd: RawFd) {
+    // SAFETY: as in `epoll_add`: the fd is still open (its device is being
+    // removed, not yet dropped).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    // A failure means it was never registered: nothing to undo.
+    let _ = epoll.delete(fd);
 }
 
 fn send(bus: &mut dyn Bus, frame: &[u8]) -> Result<(), InstanceError> {

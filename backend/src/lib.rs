@@ -5,6 +5,7 @@
 //! - [`device`]: the `VirtioDevice` trait and the per-device host joining a
 //!   model, its transport state machine and its virtqueues.
 //! - [`instance`]: a guest's device table and the event loop serving it.
+//! - [`hotplug`]: adding and removing a guest's devices while it is served.
 //! - [`local`]: the built-in local bus (Unix socket + memfd + eventfds).
 //! - [`linux_user`]: the Linux RFC loopback bus (`/dev/virtio-msg-lb`,
 //!   `/dev/virtio-msg-N`): devices for the kernel vmsgd runs on.
@@ -15,6 +16,7 @@
 pub mod bus;
 pub mod device;
 pub mod fake;
+pub mod hotplug;
 pub mod instance;
 pub mod linux_user;
 pub mod local;
