@@ -1,14 +1,23 @@
 //! virtio-rng (device id 4): one request queue of device-writable buffers
 //! that the device fills with host entropy.
 //!
-//! The entropy source sits behind [`EntropySource`] (`getrandom` in
+//! The entropy source sits behind [`EntropySource`] (`getrandom(2)` in
 //! production, a deterministic fake in tests). An optional token bucket
 //! limits how many bytes per second one guest may draw, so one guest cannot
 //! drain the host pool for the others.
+//!
+//! Nothing here may block: one thread serves all of a guest's devices and
+//! its bus, so a stalled rng would stall its blk and its PING answers too.
+//! [`HostEntropy`] therefore asks with `GRND_NONBLOCK`. Early in boot, on a
+//! host without a hardware RNG, the kernel's CRNG can stay uninitialised for
+//! a long time; the source then says [`RngError::NotReady`] and the device
+//! leaves the request on the ring and asks again every
+//! [`NOT_READY_RETRY`] through its deadline, exactly as it waits for a rate
+//! limit, instead of completing it empty or blocking.
 
 use std::time::{Duration, Instant};
 
-use log::debug;
+use log::{debug, info, warn};
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -23,6 +32,12 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Bytes filled per step: bounds the stack buffer and the work one request
 /// can do before the rate limiter is consulted again.
 const CHUNK: usize = 4096;
+/// How long a request waits before a not-ready entropy source is asked
+/// again. The kernel offers no wake-up we could poll without it firing
+/// forever once ready (`/dev/random` stays readable), so the device polls:
+/// 100 ms costs one failed syscall per tick per guest, and a guest waiting
+/// at boot gets its entropy at most 100 ms after the host has it.
+pub const NOT_READY_RETRY: Duration = Duration::from_millis(100);
 
 /// Errors of the rng device's host side.
 #[derive(Debug, Error)]
@@ -30,6 +45,10 @@ pub enum RngError {
     /// The host entropy source failed.
     #[error("host entropy source: {0}")]
     Source(String),
+    /// The source has no entropy to give yet (the kernel's CRNG is not
+    /// initialised): not a failure, ask again later.
+    #[error("host entropy not ready yet")]
+    NotReady,
     /// A rate limit of 0 bytes/s would starve the guest forever.
     #[error("rate limit must be at least 1 byte/s")]
     ZeroRate,
@@ -37,17 +56,46 @@ pub enum RngError {
 
 /// Where the bytes come from.
 pub trait EntropySource: Send {
-    /// Fill `buf` completely.
+    /// Fill `buf` completely, without blocking.
+    ///
+    /// A source that has no entropy yet returns [`RngError::NotReady`]; the
+    /// device retries after [`NOT_READY_RETRY`]. On any error the contents
+    /// of `buf` are unspecified and never reach the guest.
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), RngError>;
 }
 
-/// The host's entropy via `getrandom(2)`.
+/// The host's entropy via `getrandom(2)` with `GRND_NONBLOCK`.
 #[derive(Debug, Default)]
 pub struct HostEntropy;
 
 impl EntropySource for HostEntropy {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), RngError> {
-        getrandom::fill(buf).map_err(|e| RngError::Source(e.to_string()))
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = &mut buf[done..];
+            // SAFETY: `rest` is a live, exclusively borrowed byte slice of
+            // `rest.len()` bytes; the kernel writes at most that many bytes
+            // into it and keeps no reference after the call returns.
+            let n = unsafe {
+                libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_NONBLOCK)
+            };
+            match n {
+                // Short reads happen (a signal during a large read, or more
+                // than the kernel hands out per call): ask for the rest.
+                1.. => done += n as usize,
+                // Never returned for a non-empty buffer; guard the loop.
+                0 => return Err(RngError::Source("getrandom returned 0 bytes".into())),
+                _ => {
+                    let err = std::io::Error::last_os_error();
+                    match err.raw_os_error() {
+                        Some(libc::EINTR) => {}
+                        Some(libc::EAGAIN) => return Err(RngError::NotReady),
+                        _ => return Err(RngError::Source(format!("getrandom: {err}"))),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -105,9 +153,23 @@ pub struct RngDevice {
     queue_sizes: [u16; 1],
     source: Box<dyn EntropySource>,
     limit: Option<TokenBucket>,
-    /// Set while buffers wait for the rate limiter.
+    /// Set while buffers wait for the rate limiter or for the source to
+    /// become ready: when to look at the queue again.
     starved: Option<Instant>,
+    /// The source said not ready and has not filled anything since: the
+    /// transitions are logged once each, not on every retry. Kept across
+    /// device resets, since it is the host's state, not the guest's.
+    entropy_waiting: bool,
     bytes_served: u64,
+}
+
+/// What [`RngDevice::fill_chain`] did with one chain.
+#[derive(Debug, Clone, Copy)]
+struct Filled {
+    /// Bytes of entropy written to the chain's buffers.
+    written: u32,
+    /// The source was not ready: the chain is filled only up to `written`.
+    not_ready: bool,
 }
 
 impl std::fmt::Debug for RngDevice {
@@ -137,6 +199,7 @@ impl RngDevice {
             source,
             limit: rate_limit.map(TokenBucket::new),
             starved: None,
+            entropy_waiting: false,
             bytes_served: 0,
         })
     }
@@ -147,15 +210,17 @@ impl RngDevice {
     }
 
     /// Fill one chain's writable buffers, up to `budget` bytes. Returns the
-    /// bytes written. Readable descriptors (a driver bug) are skipped; a
-    /// buffer outside guest memory ends the request with what was written so
-    /// far, it does not fail the device.
+    /// bytes written and whether the source ran dry. Readable descriptors (a
+    /// driver bug) are skipped; a buffer outside guest memory ends the
+    /// request with what was written so far, it does not fail the device.
+    /// Only bytes the source delivered are ever written to guest memory.
     fn fill_chain(
         &mut self,
         mem: &GuestMemory,
         descs: impl Iterator<Item = Descriptor>,
         budget: u64,
-    ) -> Result<u32, DeviceError> {
+    ) -> Result<Filled, DeviceError> {
+        let mut not_ready = false;
         let mut written: u64 = 0;
         let mut chunk = [0u8; CHUNK];
         'descs: for desc in descs {
@@ -181,9 +246,15 @@ impl RngDevice {
                     break 'descs;
                 }
                 let bytes = &mut chunk[..n];
-                self.source
-                    .fill(bytes)
-                    .map_err(|e| DeviceError::Backend(e.to_string()))?;
+                match self.source.fill(bytes) {
+                    Ok(()) => self.note_ready(),
+                    Err(RngError::NotReady) => {
+                        self.note_not_ready();
+                        not_ready = true;
+                        break 'descs;
+                    }
+                    Err(e) => return Err(DeviceError::Backend(e.to_string())),
+                }
                 if mem.write_slice(bytes, addr).is_err() {
                     break 'descs;
                 }
@@ -193,7 +264,29 @@ impl RngDevice {
         }
         // Each descriptor is at most u32::MAX bytes and a chain at most the
         // queue size long, but the used length is 32 bits: clamp.
-        Ok(written.min(u64::from(u32::MAX)) as u32)
+        Ok(Filled {
+            written: written.min(u64::from(u32::MAX)) as u32,
+            not_ready,
+        })
+    }
+
+    fn note_not_ready(&mut self) {
+        if !self.entropy_waiting {
+            self.entropy_waiting = true;
+            warn!(
+                "{}: host entropy not ready yet (kernel CRNG not initialised); \
+                 requests wait, retrying every {} ms",
+                self.name,
+                NOT_READY_RETRY.as_millis()
+            );
+        }
+    }
+
+    fn note_ready(&mut self) {
+        if self.entropy_waiting {
+            self.entropy_waiting = false;
+            info!("{}: host entropy ready, serving requests", self.name);
+        }
     }
 }
 
@@ -273,7 +366,20 @@ impl VirtioDevice for RngDevice {
                     break;
                 }
             }
-            let written = self.fill_chain(mem, chain, budget)?;
+            let Filled { written, not_ready } = self.fill_chain(mem, chain, budget)?;
+            if not_ready {
+                // Retry on a timer: the instance keeps serving the bus and
+                // the other devices meanwhile.
+                self.starved = Some(Instant::now() + NOT_READY_RETRY);
+                if written == 0 {
+                    // Nothing to give: leave the chain on the ring for the
+                    // retry rather than complete it empty.
+                    queue.go_to_previous_position();
+                    break;
+                }
+                // Otherwise complete it with the entropy it did get (a short
+                // fill, as virtio-rng allows), then stop for this pass.
+            }
             if let Some(bucket) = self.limit.as_mut() {
                 bucket.tokens -= u64::from(written);
             }
@@ -282,6 +388,9 @@ impl VirtioDevice for RngDevice {
                 .add_used(mem, head, written)
                 .map_err(|e| corrupt(index, &e))?;
             outcome.used_added = true;
+            if not_ready {
+                break;
+            }
         }
         Ok(outcome)
     }
@@ -299,5 +408,263 @@ fn corrupt(queue: u16, e: &virtio_queue::Error) -> DeviceError {
     DeviceError::QueueCorrupt {
         queue,
         reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+
+    const QSIZE: u16 = 16;
+    /// Rings at 0, data buffers from here.
+    const DATA: u64 = 0x1_0000;
+
+    fn memory() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest memory")
+    }
+
+    /// A minimal driver side of one split queue at address 0.
+    struct Ring<'a> {
+        mem: &'a GuestMemoryMmap,
+        next_desc: u16,
+        avail_idx: u16,
+        seen_used: u16,
+    }
+
+    const AVAIL: u64 = 16 * QSIZE as u64;
+    const USED: u64 = (AVAIL + 6 + 2 * QSIZE as u64 + 3) & !3;
+
+    impl<'a> Ring<'a> {
+        fn new(mem: &'a GuestMemoryMmap) -> Self {
+            Self {
+                mem,
+                next_desc: 0,
+                avail_idx: 0,
+                seen_used: 0,
+            }
+        }
+
+        fn queue(&self) -> Queue {
+            let mut q = Queue::new(QSIZE).expect("queue");
+            q.try_set_desc_table_address(GuestAddress(0)).expect("desc");
+            q.try_set_avail_ring_address(GuestAddress(AVAIL))
+                .expect("avail");
+            q.try_set_used_ring_address(GuestAddress(USED))
+                .expect("used");
+            q.set_ready(true);
+            q
+        }
+
+        /// Post one request of device-writable buffers `(addr, len)`.
+        fn add(&mut self, bufs: &[(u64, u32)]) -> u16 {
+            let head = self.next_desc;
+            for (k, &(addr, len)) in bufs.iter().enumerate() {
+                let i = (head + k as u16) % QSIZE;
+                let mut flags = VRING_DESC_F_WRITE as u16;
+                if k + 1 < bufs.len() {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                let d =
+                    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, (i + 1) % QSIZE));
+                self.mem
+                    .write_obj(d, GuestAddress(16 * u64::from(i)))
+                    .expect("descriptor");
+            }
+            self.next_desc = (head + bufs.len() as u16) % QSIZE;
+            let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+            self.mem
+                .write_obj(head.to_le(), GuestAddress(slot))
+                .expect("avail slot");
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+            self.mem
+                .write_obj(self.avail_idx.to_le(), GuestAddress(AVAIL + 2))
+                .expect("avail idx");
+            head
+        }
+
+        /// Used entries added since the last call: (id, len).
+        fn used(&mut self) -> Vec<(u32, u32)> {
+            let idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).expect("used idx");
+            let mut out = Vec::new();
+            while self.seen_used != u16::from_le(idx) {
+                let at = USED + 4 + 8 * u64::from(self.seen_used % QSIZE);
+                let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("id");
+                let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("len");
+                out.push((u32::from_le(id), u32::from_le(len)));
+                self.seen_used = self.seen_used.wrapping_add(1);
+            }
+            out
+        }
+    }
+
+    /// A source that is not ready on the calls `not_ready(call)` picks and
+    /// otherwise yields the counting stream 0, 1, 2, … (as u8), so a test
+    /// can tell exactly which bytes reached the guest.
+    struct Scripted {
+        calls: Arc<AtomicUsize>,
+        not_ready: Box<dyn Fn(usize) -> bool + Send>,
+        next: u8,
+    }
+
+    impl EntropySource for Scripted {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), RngError> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if (self.not_ready)(call) {
+                // Scribble, as a failing source may: none of it may reach
+                // the guest.
+                buf.fill(0xEE);
+                return Err(RngError::NotReady);
+            }
+            for b in buf {
+                *b = self.next;
+                self.next = self.next.wrapping_add(1);
+            }
+            Ok(())
+        }
+    }
+
+    fn scripted(
+        not_ready: impl Fn(usize) -> bool + Send + 'static,
+    ) -> (RngDevice, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let source = Scripted {
+            calls: calls.clone(),
+            not_ready: Box::new(not_ready),
+            next: 0,
+        };
+        let dev = RngDevice::new("rng", Box::new(source), None).expect("rng");
+        (dev, calls)
+    }
+
+    fn counting(from: usize, len: usize) -> Vec<u8> {
+        (from..from + len).map(|i| i as u8).collect()
+    }
+
+    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        mem.read_slice(&mut v, GuestAddress(addr)).expect("read");
+        v
+    }
+
+    #[test]
+    fn a_not_ready_source_defers_requests_until_it_is_ready() {
+        const NOT_READY: usize = 3;
+        let mem = memory();
+        let mut ring = Ring::new(&mem);
+        let mut q = ring.queue();
+        let (mut dev, calls) = scripted(|call| call < NOT_READY);
+        // Three chunks' worth and then a second request behind it.
+        let len = 2 * CHUNK as u32 + 100;
+        let first = ring.add(&[(DATA, len)]);
+        let second = ring.add(&[(DATA + 0x1_0000, 16)]);
+        mem.write_slice(&[0x55; 3 * CHUNK], GuestAddress(DATA))
+            .expect("poison");
+
+        for pass in 0..NOT_READY {
+            // Each pass is one quick attempt, not a wait: the pass that
+            // would otherwise block returns at once with a deadline.
+            let before = Instant::now();
+            let outcome = dev.process_queue(0, &mut q, &mem).expect("process");
+            let after = Instant::now();
+            assert!(!outcome.used_added, "pass {pass}: nothing completed");
+            assert!(ring.used().is_empty(), "pass {pass}: nothing completed");
+            assert_eq!(calls.load(Ordering::SeqCst), pass + 1, "one try per pass");
+            assert!(after - before < Duration::from_secs(1), "no blocking");
+            let deadline = dev.next_deadline().expect("a retry is scheduled");
+            assert!(
+                deadline >= before + NOT_READY_RETRY && deadline <= after + NOT_READY_RETRY,
+                "retry after NOT_READY_RETRY"
+            );
+            assert!(dev.entropy_waiting);
+            assert_eq!(q.next_avail(), 0, "the request stays on the ring");
+            assert_eq!(dev.bytes_served(), 0);
+        }
+        // Nothing the failing source scribbled reached the guest.
+        assert_eq!(read(&mem, DATA, 3 * CHUNK), vec![0x55; 3 * CHUNK]);
+
+        // The instance runs the device again at the deadline; time is not
+        // waited for here, only the pass it triggers is replayed.
+        let outcome = dev.process_queue(0, &mut q, &mem).expect("process");
+        assert!(outcome.used_added);
+        assert_eq!(
+            ring.used(),
+            vec![(u32::from(first), len), (u32::from(second), 16)],
+            "both requests complete in order, in full"
+        );
+        assert_eq!(read(&mem, DATA, len as usize), counting(0, len as usize));
+        assert_eq!(read(&mem, DATA + 0x1_0000, 16), counting(len as usize, 16));
+        assert_eq!(dev.next_deadline(), None, "no retry pending");
+        assert!(!dev.entropy_waiting);
+        assert_eq!(dev.bytes_served(), u64::from(len) + 16);
+    }
+
+    #[test]
+    fn a_source_running_dry_mid_request_completes_only_what_it_delivered() {
+        let mem = memory();
+        let mut ring = Ring::new(&mem);
+        let mut q = ring.queue();
+        // The first chunk is filled, the second attempt is not ready.
+        let (mut dev, _calls) = scripted(|call| call == 1);
+        let first = ring.add(&[(DATA, CHUNK as u32), (DATA + 0x2000, CHUNK as u32)]);
+        let second = ring.add(&[(DATA + 0x1_0000, 8)]);
+        mem.write_slice(&[0x55; CHUNK], GuestAddress(DATA + 0x2000))
+            .expect("poison");
+
+        let outcome = dev.process_queue(0, &mut q, &mem).expect("process");
+        assert!(outcome.used_added);
+        assert_eq!(ring.used(), vec![(u32::from(first), CHUNK as u32)]);
+        assert_eq!(read(&mem, DATA, CHUNK), counting(0, CHUNK));
+        assert_eq!(read(&mem, DATA + 0x2000, CHUNK), vec![0x55; CHUNK]);
+        assert!(dev.next_deadline().is_some(), "the second request waits");
+
+        dev.process_queue(0, &mut q, &mem).expect("process");
+        assert_eq!(ring.used(), vec![(u32::from(second), 8)]);
+        assert_eq!(read(&mem, DATA + 0x1_0000, 8), counting(CHUNK, 8));
+        assert_eq!(dev.next_deadline(), None);
+    }
+
+    #[test]
+    fn not_ready_does_not_spend_the_rate_limit() {
+        let mem = memory();
+        let mut ring = Ring::new(&mem);
+        let mut q = ring.queue();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let source = Scripted {
+            calls: calls.clone(),
+            not_ready: Box::new(|call| call == 0),
+            next: 0,
+        };
+        let mut dev = RngDevice::new("rng", Box::new(source), Some(64)).expect("rng");
+        let head = ring.add(&[(DATA, 64)]);
+        dev.process_queue(0, &mut q, &mem).expect("process");
+        assert!(ring.used().is_empty());
+        dev.process_queue(0, &mut q, &mem).expect("process");
+        assert_eq!(ring.used(), vec![(u32::from(head), 64)], "the full burst");
+    }
+
+    #[test]
+    fn host_entropy_fills_buffers() {
+        // The pool is initialised on the machines the tests run on.
+        let mut a = vec![0u8; 1 << 20];
+        let mut b = vec![0u8; 1 << 20];
+        HostEntropy.fill(&mut a).expect("host entropy");
+        HostEntropy.fill(&mut b).expect("host entropy");
+        assert_ne!(a, b);
+        // Filled to the end, not just a prefix.
+        assert!(a[a.len() - 4096..].iter().any(|&x| x != 0));
+        let mut seen = [false; 256];
+        a.iter().for_each(|&x| seen[usize::from(x)] = true);
+        assert!(seen.iter().all(|&s| s), "1 MiB covers every byte value");
+        HostEntropy
+            .fill(&mut [])
+            .expect("an empty buffer is trivially full");
     }
 }
