@@ -11,6 +11,7 @@ use log::{error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use thiserror::Error;
 use vmsg_backend::device::VirtioDevice;
+use vmsg_backend::hotplug::DeviceControl;
 use vmsg_backend::instance::{
     DeviceList, GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
 };
@@ -20,6 +21,7 @@ use vmsg_devices::blk::{BlkConfig, BlkDevice, BlkError};
 use vmsg_devices::rng::{HostEntropy, RngDevice, RngError};
 
 use crate::config::{BusConfig, Config, DeviceConfig, GuestConfig};
+use crate::reload::{ReloadError, reload_guest};
 
 /// Errors starting or running the daemon.
 #[derive(Debug, Error)]
@@ -85,56 +87,62 @@ pub fn build_devices(guest: &GuestConfig) -> Result<DeviceList, DaemonError> {
     guest
         .devices
         .iter()
-        .map(|(dev_num, cfg)| {
-            let dev: Box<dyn VirtioDevice> = match cfg {
-                DeviceConfig::Rng { rate_limit, .. } => Box::new(
-                    RngDevice::new(
-                        format!("{}/rng{dev_num}", guest.name),
-                        Box::new(HostEntropy),
-                        *rate_limit,
-                    )
-                    .map_err(|source| DaemonError::Device {
-                        guest: guest.name.clone(),
-                        dev_num: *dev_num,
-                        kind: cfg.kind(),
-                        source,
-                    })?,
-                ),
-                DeviceConfig::Blk {
-                    path,
-                    read_only,
-                    direct,
-                    engine,
-                    num_queues,
-                    queue_size,
-                    serial,
-                    writeback,
-                    ..
-                } => {
-                    let blk = BlkConfig {
-                        path: path.clone(),
-                        read_only: *read_only,
-                        direct: *direct,
-                        engine: (*engine).into(),
-                        num_queues: *num_queues,
-                        queue_size: *queue_size,
-                        serial: serial.clone(),
-                        writeback: *writeback,
-                    };
-                    Box::new(
-                        BlkDevice::new(format!("{}/blk{dev_num}", guest.name), &blk).map_err(
-                            |source| DaemonError::Blk {
-                                guest: guest.name.clone(),
-                                dev_num: *dev_num,
-                                source,
-                            },
-                        )?,
-                    )
-                }
-            };
-            Ok((*dev_num, dev))
-        })
+        .map(|(dev_num, cfg)| Ok((*dev_num, build_device(&guest.name, *dev_num, cfg)?)))
         .collect()
+}
+
+/// Build the model of device `dev_num` of guest `guest`.
+pub fn build_device(
+    guest: &str,
+    dev_num: u16,
+    cfg: &DeviceConfig,
+) -> Result<Box<dyn VirtioDevice>, DaemonError> {
+    Ok(match cfg {
+        DeviceConfig::Rng { rate_limit, .. } => Box::new(
+            RngDevice::new(
+                format!("{guest}/rng{dev_num}"),
+                Box::new(HostEntropy),
+                *rate_limit,
+            )
+            .map_err(|source| DaemonError::Device {
+                guest: guest.to_string(),
+                dev_num,
+                kind: cfg.kind(),
+                source,
+            })?,
+        ),
+        DeviceConfig::Blk {
+            path,
+            read_only,
+            direct,
+            engine,
+            num_queues,
+            queue_size,
+            serial,
+            writeback,
+            ..
+        } => {
+            let blk = BlkConfig {
+                path: path.clone(),
+                read_only: *read_only,
+                direct: *direct,
+                engine: (*engine).into(),
+                num_queues: *num_queues,
+                queue_size: *queue_size,
+                serial: serial.clone(),
+                writeback: *writeback,
+            };
+            Box::new(
+                BlkDevice::new(format!("{guest}/blk{dev_num}"), &blk).map_err(|source| {
+                    DaemonError::Blk {
+                        guest: guest.to_string(),
+                        dev_num,
+                        source,
+                    }
+                })?,
+            )
+        }
+    })
 }
 
 /// The bus a guest is served on.
@@ -167,6 +175,9 @@ fn serve_kernel(
 #[derive(Debug)]
 struct GuestHandle {
     name: String,
+    /// What it runs now (updated by reloads).
+    config: GuestConfig,
+    control: DeviceControl,
     stats: Arc<Mutex<InstanceStats>>,
     thread: JoinHandle<Result<(), DaemonError>>,
 }
@@ -275,11 +286,12 @@ impl Daemon {
                     });
                 }
             };
-            prepared.push((instance, listener));
+            prepared.push((guest.clone(), instance, listener));
         }
         let mut guests = Vec::new();
-        for (instance, listener) in prepared {
+        for (config, instance, listener) in prepared {
             let name = instance.name().to_string();
+            let control = instance.device_control();
             let stats = Arc::new(Mutex::new(InstanceStats::default()));
             let thread_stats = stats.clone();
             let thread_stop = stop.clone();
@@ -299,6 +311,8 @@ impl Daemon {
                 })?;
             guests.push(GuestHandle {
                 name,
+                config,
+                control,
                 stats,
                 thread,
             });
@@ -312,6 +326,29 @@ impl Daemon {
             .iter()
             .find(|g| g.name == name)
             .and_then(|g| g.stats.lock().ok().map(|s| s.clone()))
+    }
+
+    /// Apply an edited configuration to the running guests: device changes
+    /// are carried out live (`crate::reload`); what needs a restart is
+    /// returned, and those guests keep running as they were.
+    pub fn reload(&mut self, new: &Config) -> Vec<ReloadError> {
+        let mut errors = Vec::new();
+        for g in &mut self.guests {
+            let Some(fresh) = new.guests.iter().find(|n| n.name == g.name) else {
+                errors.push(ReloadError::GuestRemoved(g.name.clone()));
+                continue;
+            };
+            match reload_guest(&g.control, &g.config, fresh) {
+                Ok(_) => g.config = fresh.clone(),
+                Err(e) => errors.push(e),
+            }
+        }
+        for n in &new.guests {
+            if !self.guests.iter().any(|g| g.name == n.name) {
+                errors.push(ReloadError::GuestAdded(n.name.clone()));
+            }
+        }
+        errors
     }
 
     /// Stop every guest and wait for them. Returns the first guest error.

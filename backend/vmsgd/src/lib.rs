@@ -6,4 +6,5 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod logging;
+pub mod reload;
 pub mod xen;

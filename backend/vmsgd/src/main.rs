@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use clap::{Parser, Subcommand};
-use log::{error, info};
+use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
+use vmsg_backend::hotplug::DeviceControl;
 use vmsg_backend::instance::StopSignal;
 use vmsgd::config::{self, Config};
 use vmsgd::daemon::Daemon;
@@ -119,11 +121,13 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
         eprintln!("vmsgd: {e}");
         return ExitCode::FAILURE;
     }
-    // Block the termination signals in every thread (threads inherit the
-    // mask) and take them synchronously here, so shutdown is orderly.
+    // Block the termination signals and SIGHUP in every thread (threads
+    // inherit the mask) and take them synchronously here, so shutdown and
+    // reloads are orderly.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP);
     if let Err(e) = signals.thread_block() {
         error!("blocking signals: {e}");
         return ExitCode::FAILURE;
@@ -135,7 +139,7 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let daemon = match Daemon::start(&cfg, stop.clone()) {
+    let mut daemon = match Daemon::start(&cfg, stop.clone()) {
         Ok(d) => d,
         Err(e) => {
             error!("{e}");
@@ -148,9 +152,24 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
         cfg.guests.len(),
         file.display()
     );
-    match signals.wait() {
-        Ok(sig) => info!("{sig}: shutting down"),
-        Err(e) => error!("sigwait: {e}"),
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => match Config::load(file) {
+                Ok(new) => {
+                    info!("SIGHUP: reloading {}", file.display());
+                    vmsgd::reload::warn_unapplied(&daemon.reload(&new));
+                }
+                Err(e) => error!("SIGHUP: {e}\n  (kept the running configuration)"),
+            },
+            Ok(sig) => {
+                info!("{sig}: shutting down");
+                break;
+            }
+            Err(e) => {
+                error!("sigwait: {e}");
+                break;
+            }
+        }
     }
     match daemon.shutdown() {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,12 +180,17 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Block SIGINT and SIGTERM (and `extra`) in every thread and trigger the
-/// returned stop signal when SIGINT or SIGTERM arrives.
-fn stop_on_signals(extra: &[Signal]) -> Result<StopSignal, String> {
+/// Block SIGINT, SIGTERM and SIGHUP (and `extra`) in every thread and
+/// trigger the returned stop signal when SIGINT or SIGTERM arrives; SIGHUP
+/// calls `on_hangup` (and is ignored without one).
+fn stop_on_signals(
+    extra: &[Signal],
+    mut on_hangup: Option<Box<dyn FnMut() + Send>>,
+) -> Result<StopSignal, String> {
     let mut block = SigSet::empty();
     block.add(Signal::SIGINT);
     block.add(Signal::SIGTERM);
+    block.add(Signal::SIGHUP);
     for s in extra {
         block.add(*s);
     }
@@ -177,12 +201,28 @@ fn stop_on_signals(extra: &[Signal]) -> Result<StopSignal, String> {
     let mut wait = SigSet::empty();
     wait.add(Signal::SIGINT);
     wait.add(Signal::SIGTERM);
+    wait.add(Signal::SIGHUP);
     let trigger = stop.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Ok(sig) = wait.wait() {
-                info!("{sig}: shutting down");
+            loop {
+                match wait.wait() {
+                    Ok(Signal::SIGHUP) => match on_hangup.as_mut() {
+                        Some(f) => f(),
+                        None => info!(
+                            "SIGHUP ignored: reloads are per domain, send it to the domain's `vmsgd run` process (`systemctl reload` does)"
+                        ),
+                    },
+                    Ok(sig) => {
+                        info!("{sig}: shutting down");
+                        break;
+                    }
+                    Err(e) => {
+                        error!("sigwait: {e}");
+                        break;
+                    }
+                }
             }
             trigger.trigger();
         })
@@ -213,7 +253,28 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
         eprintln!("vmsgd: {e}");
         return ExitCode::FAILURE;
     }
-    let stop = match stop_on_signals(&[]) {
+    // SIGHUP re-reads the domain file and applies its device changes live.
+    let control: Arc<OnceLock<DeviceControl>> = Arc::new(OnceLock::new());
+    let hangup = {
+        let control = control.clone();
+        let dir = dir.to_path_buf();
+        let name = domain.name.clone();
+        let mut running = guest.clone();
+        Box::new(
+            move || match (xen::load_domain(&dir, &name), control.get()) {
+                (Ok((_, new)), Some(control)) => {
+                    info!("SIGHUP: reloading the devices of {name}");
+                    match vmsgd::reload::reload_guest(control, &running, &new) {
+                        Ok(_) => running = new,
+                        Err(e) => warn!("reload: {e}"),
+                    }
+                }
+                (Err(e), _) => error!("SIGHUP: {e}\n  (kept the running configuration)"),
+                (Ok(_), None) => warn!("SIGHUP: not serving yet; nothing reloaded"),
+            },
+        ) as Box<dyn FnMut() + Send>
+    };
+    let stop = match stop_on_signals(&[], Some(hangup)) {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
@@ -223,7 +284,10 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
     let platform = xen::RestrictedHost {
         domid: domain.domid,
     };
-    match xen::serve(platform, domain.domid, &guest, &stop) {
+    let publish = |c: DeviceControl| {
+        let _ = control.set(c);
+    };
+    match xen::serve_with_control(platform, domain.domid, &guest, &stop, publish) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -247,7 +311,7 @@ fn watch(dir: &std::path::Path, log_level: &str, syslog: bool) -> ExitCode {
         return ExitCode::FAILURE;
     }
     // Children are reaped through a signalfd: SIGCHLD stays blocked.
-    let stop = match stop_on_signals(&[Signal::SIGCHLD]) {
+    let stop = match stop_on_signals(&[Signal::SIGCHLD], None) {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");

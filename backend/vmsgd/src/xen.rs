@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use thiserror::Error;
+use vmsg_backend::hotplug::DeviceControl;
 use vmsg_backend::instance::{GuestInstance, InstanceError, InstanceOptions, StopSignal};
 use vmsg_xen::bus::{
     BackendConfig, BackendPlatform, MemoryConfig, RunEnd, XenBackend, XenBusError, XenHost,
@@ -271,6 +272,19 @@ pub fn serve<P: BackendPlatform + Clone>(
     guest: &GuestConfig,
     stop: &StopSignal,
 ) -> Result<RunEnd, XenError> {
+    serve_with_control(platform, domid, guest, stop, |_| {})
+}
+
+/// [`serve`], handing the guest's [`DeviceControl`] to `control` before
+/// serving (the SIGHUP reload of `vmsgd run` uses it to add and remove
+/// devices live).
+pub fn serve_with_control<P: BackendPlatform + Clone>(
+    platform: P,
+    domid: DomId,
+    guest: &GuestConfig,
+    stop: &StopSignal,
+    control: impl FnOnce(DeviceControl),
+) -> Result<RunEnd, XenError> {
     let (cfg, opts) = backend_config(guest)?;
     let devices = build_devices(guest)?;
     let mut instance = GuestInstance::new(guest.name.clone(), opts, devices).map_err(|source| {
@@ -279,6 +293,7 @@ pub fn serve<P: BackendPlatform + Clone>(
             source,
         }
     })?;
+    control(instance.device_control());
     let bus = |source| XenError::Bus { domid, source };
     let mut backend = XenBackend::provision(platform.clone(), domid, cfg).map_err(bus)?;
     info!(

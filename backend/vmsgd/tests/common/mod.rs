@@ -120,6 +120,18 @@ impl DaemonProcess {
         wait_exit(child, STARTUP)
     }
 
+    /// Send SIGHUP (reload the configuration).
+    pub fn hangup(&self) {
+        let child = self.child.as_ref().expect("daemon running");
+        let pid = i32::try_from(child.id()).expect("pid");
+        // Our own child, not reaped yet (we hold its Child): the pid is its.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP vmsgd");
+    }
+
     /// SIGTERM the daemon and wait (bounded) for its exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let child = self.child.take().expect("daemon already stopped");
