@@ -17,9 +17,12 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::bindings::{self, XEN_PAGE_SIZE, gntalloc as raw};
+use crate::bindings::{self, gntalloc as raw};
 use crate::mapping::{MappedPages, UnmapNotify};
-use crate::sys::{Mmap, host_page_size, ioctl_ptr, open_node, owned_region, pages_to_bytes};
+use crate::sys::{
+    HandleError, Mmap, ioctl_ptr, open_device, owned_pages_region, pages_to_bytes, put_bytes,
+    read_u64_ne,
+};
 use crate::{DomId, GrantRef};
 use vm_memory::MmapRegion;
 
@@ -84,6 +87,17 @@ impl GntallocError {
                 source.raw_os_error()
             }
             _ => None,
+        }
+    }
+}
+
+impl From<HandleError> for GntallocError {
+    fn from(e: HandleError) -> Self {
+        match e {
+            HandleError::UnsupportedPageSize(page) => Self::UnsupportedPageSize(page),
+            HandleError::Open { path, source } => Self::Open { path, source },
+            HandleError::BadCount(n) => Self::BadCount(n),
+            HandleError::Mmap { pages, source } => Self::Mmap { pages, source },
         }
     }
 }
@@ -180,17 +194,14 @@ impl GrantAllocation {
     /// Map pages `first..first + pages` (always writable: they are ours) as
     /// a region that owns the mapping.
     pub fn map(&self, first: usize, pages: usize) -> Result<MmapRegion<()>, GntallocError> {
-        let end = first
+        first
             .checked_add(pages)
-            .filter(|&e| pages > 0 && e <= self.pages());
-        let len = end
-            .and_then(|_| pages_to_bytes(pages))
+            .filter(|&e| pages > 0 && e <= self.pages())
             .ok_or(GntallocError::BadCount(pages))?;
         let offset = pages_to_bytes(first)
             .and_then(|b| self.offset.checked_add(b as u64))
             .ok_or(GntallocError::BadCount(first))?;
-        owned_region(&self.file, offset, len, true)
-            .map_err(|source| GntallocError::Mmap { pages, source })
+        Ok(owned_pages_region(&self.file, offset, pages, true)?)
     }
 }
 
@@ -229,16 +240,8 @@ impl XenGntalloc {
 
     /// Open the grant allocation device at `path`.
     pub fn open_path(path: &Path) -> Result<Self, GntallocError> {
-        let page = host_page_size();
-        if page != XEN_PAGE_SIZE {
-            return Err(GntallocError::UnsupportedPageSize(page));
-        }
-        let fd = open_node(path, 0).map_err(|source| GntallocError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
         Ok(Self {
-            fd: Arc::new(File::from(fd)),
+            fd: open_device(path)?,
         })
     }
 
@@ -300,14 +303,11 @@ impl AllocRequest {
     }
 
     fn put(&mut self, at: usize, value: &[u8]) {
-        self.buf[at..at + value.len()].copy_from_slice(value);
+        put_bytes(&mut self.buf, at, value);
     }
 
     fn index(&self) -> u64 {
-        let at = offset_of!(raw::ioctl_gntalloc_alloc_gref, index);
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.buf[at..at + 8]);
-        u64::from_ne_bytes(b)
+        read_u64_ne(&self.buf, offset_of!(raw::ioctl_gntalloc_alloc_gref, index))
     }
 
     fn grefs(&self) -> Vec<GrantRef> {
@@ -322,6 +322,33 @@ impl AllocRequest {
     }
 }
 
+impl XenGntalloc {
+    /// `IOCTL_GNTALLOC_ALLOC_GREF`: allocate and grant `pages` pages; the
+    /// returned request holds the mmap offset and the grant references.
+    fn alloc(
+        &self,
+        domid: DomId,
+        pages: usize,
+        writable: bool,
+    ) -> Result<AllocRequest, GntallocError> {
+        let mut req = AllocRequest::new(domid, pages, writable)?;
+        // SAFETY: `req` holds the header plus room for `count` grefs, the
+        // layout IOCTL_GNTALLOC_ALLOC_GREF reads and writes.
+        unsafe {
+            ioctl_ptr(
+                self.fd.as_fd(),
+                bindings::IOCTL_GNTALLOC_ALLOC_GREF,
+                req.buf.as_mut_ptr().cast(),
+            )
+        }
+        .map_err(|source| GntallocError::Ioctl {
+            op: "IOCTL_GNTALLOC_ALLOC_GREF",
+            source,
+        })?;
+        Ok(req)
+    }
+}
+
 impl GrantSharer for XenGntalloc {
     type Shared = XenSharedPages;
 
@@ -331,20 +358,7 @@ impl GrantSharer for XenGntalloc {
         pages: usize,
         writable: bool,
     ) -> Result<XenSharedPages, GntallocError> {
-        let mut req = AllocRequest::new(domid, pages, writable)?;
-        // SAFETY: `req` holds the header plus room for `count` grefs, the
-        // layout IOCTL_GNTALLOC_ALLOC_GREF reads and writes.
-        unsafe {
-            ioctl_ptr(
-                self.fd.as_fd(),
-                bindings::IOCTL_GNTALLOC_ALLOC_GREF,
-                req.buf.as_mut_ptr().cast(),
-            )
-        }
-        .map_err(|source| GntallocError::Ioctl {
-            op: "IOCTL_GNTALLOC_ALLOC_GREF",
-            source,
-        })?;
+        let req = self.alloc(domid, pages, writable)?;
         // From here on, drop deallocates.
         let mut shared = XenSharedPages {
             fd: self.fd.clone(),
@@ -353,12 +367,9 @@ impl GrantSharer for XenGntalloc {
             domid,
             map: None,
         };
-        let len = pages_to_bytes(pages).ok_or(GntallocError::BadCount(pages))?;
         // Always mapped writable: these are our pages; `writable` only
         // governs what the peer may do.
-        let map = Mmap::map_shared(self.fd.as_fd(), len, true, shared.index)
-            .map_err(|source| GntallocError::Mmap { pages, source })?;
-        shared.map = Some(map);
+        shared.map = Some(Mmap::map_pages(self.fd.as_fd(), pages, true, shared.index)?);
         Ok(shared)
     }
 
@@ -368,27 +379,14 @@ impl GrantSharer for XenGntalloc {
         pages: usize,
         writable: bool,
     ) -> Result<GrantAllocation, GntallocError> {
-        let mut req = AllocRequest::new(domid, pages, writable)?;
-        // SAFETY: `req` holds the header plus room for `count` grefs, the
-        // layout IOCTL_GNTALLOC_ALLOC_GREF reads and writes.
-        unsafe {
-            ioctl_ptr(
-                self.fd.as_fd(),
-                bindings::IOCTL_GNTALLOC_ALLOC_GREF,
-                req.buf.as_mut_ptr().cast(),
-            )
-        }
-        .map_err(|source| GntallocError::Ioctl {
-            op: "IOCTL_GNTALLOC_ALLOC_GREF",
-            source,
-        })?;
+        let req = self.alloc(domid, pages, writable)?;
         let index = req.index();
         let fd = self.fd.clone();
         // Bounded by MAX_PAGES_PER_SHARE.
         let count = pages as u32;
         let release: ReleaseFn = Box::new(move || {
             if let Err(e) = dealloc(fd.as_fd(), index, count) {
-                log::warn!("{e}");
+                log::warn!("IOCTL_GNTALLOC_DEALLOC_GREF: {e}");
             }
         });
         Ok(GrantAllocation::new(
@@ -403,7 +401,7 @@ impl GrantSharer for XenGntalloc {
 
 /// `IOCTL_GNTALLOC_DEALLOC_GREF`: the kernel frees (and ends the grants of)
 /// the pages once no VMA maps them any more.
-fn dealloc(fd: BorrowedFd<'_>, index: u64, count: u32) -> Result<(), GntallocError> {
+fn dealloc(fd: BorrowedFd<'_>, index: u64, count: u32) -> io::Result<()> {
     let mut arg = raw::ioctl_gntalloc_dealloc_gref { index, count };
     // SAFETY: `arg` is the argument struct of IOCTL_GNTALLOC_DEALLOC_GREF.
     unsafe {
@@ -414,10 +412,6 @@ fn dealloc(fd: BorrowedFd<'_>, index: u64, count: u32) -> Result<(), GntallocErr
         )
     }
     .map(drop)
-    .map_err(|source| GntallocError::Ioctl {
-        op: "IOCTL_GNTALLOC_DEALLOC_GREF",
-        source,
-    })
 }
 
 /// Pages shared by [`XenGntalloc`].
@@ -491,20 +485,9 @@ impl SharedGrants for XenSharedPages {
 impl Drop for XenSharedPages {
     fn drop(&mut self) {
         self.map = None;
-        let mut arg = raw::ioctl_gntalloc_dealloc_gref {
-            index: self.index,
-            // Bounded by MAX_PAGES_PER_SHARE.
-            count: self.grefs.len() as u32,
-        };
-        // SAFETY: `arg` is the argument struct of IOCTL_GNTALLOC_DEALLOC_GREF.
-        let res = unsafe {
-            ioctl_ptr(
-                self.fd.as_fd(),
-                bindings::IOCTL_GNTALLOC_DEALLOC_GREF,
-                (&mut arg as *mut raw::ioctl_gntalloc_dealloc_gref).cast(),
-            )
-        };
-        if let Err(e) = res {
+        // Bounded by MAX_PAGES_PER_SHARE.
+        let count = self.grefs.len() as u32;
+        if let Err(e) = dealloc(self.fd.as_fd(), self.index, count) {
             log::warn!(
                 "IOCTL_GNTALLOC_DEALLOC_GREF(index {:#x}, {} pages): {e}",
                 self.index,

@@ -17,9 +17,11 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::bindings::{self, XEN_PAGE_SIZE, gntdev as raw};
+use crate::bindings::{self, gntdev as raw};
 use crate::mapping::{MappedPages, UnmapNotify};
-use crate::sys::{Mmap, host_page_size, ioctl_ptr, open_node, owned_region, pages_to_bytes};
+use crate::sys::{
+    HandleError, Mmap, ioctl_ptr, open_device, owned_pages_region, put_bytes, read_u64_ne,
+};
 use crate::{DomId, GrantRef};
 use vm_memory::MmapRegion;
 
@@ -90,6 +92,17 @@ impl GntdevError {
     }
 }
 
+impl From<HandleError> for GntdevError {
+    fn from(e: HandleError) -> Self {
+        match e {
+            HandleError::UnsupportedPageSize(page) => Self::UnsupportedPageSize(page),
+            HandleError::Open { path, source } => Self::Open { path, source },
+            HandleError::BadCount(n) => Self::BadCount(n),
+            HandleError::Mmap { pages, source } => Self::Mmap { pages, source },
+        }
+    }
+}
+
 /// One grant to map: a reference in the grant table of `domid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Grant {
@@ -141,16 +154,8 @@ impl XenGntdev {
 
     /// Open the grant mapping device at `path`.
     pub fn open_path(path: &Path) -> Result<Self, GntdevError> {
-        let page = host_page_size();
-        if page != XEN_PAGE_SIZE {
-            return Err(GntdevError::UnsupportedPageSize(page));
-        }
-        let fd = open_node(path, 0).map_err(|source| GntdevError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
         Ok(Self {
-            fd: Arc::new(File::from(fd)),
+            fd: open_device(path)?,
         })
     }
 
@@ -209,15 +214,15 @@ impl MapRequest {
     }
 
     fn put(&mut self, at: usize, value: &[u8]) {
-        self.buf[at..at + value.len()].copy_from_slice(value);
+        put_bytes(&mut self.buf, at, value);
     }
 
     /// The mmap offset the kernel wrote back.
     fn index(&self) -> u64 {
-        let at = offset_of!(raw::ioctl_gntdev_map_grant_ref, index);
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.buf[at..at + 8]);
-        u64::from_ne_bytes(b)
+        read_u64_ne(
+            &self.buf,
+            offset_of!(raw::ioctl_gntdev_map_grant_ref, index),
+        )
     }
 }
 
@@ -225,33 +230,20 @@ impl GrantMapper for XenGntdev {
     type Mapping = GntdevMapping;
 
     fn map_grants(&self, grants: &[Grant], writable: bool) -> Result<GntdevMapping, GntdevError> {
-        let mut req = MapRequest::new(grants)?;
-        let pages = grants.len();
-        // SAFETY: `req` holds the header plus `count` refs, the layout
-        // IOCTL_GNTDEV_MAP_GRANT_REF reads and (for `index`) writes.
-        unsafe {
-            ioctl_ptr(
-                self.fd.as_fd(),
-                bindings::IOCTL_GNTDEV_MAP_GRANT_REF,
-                req.buf.as_mut_ptr().cast(),
-            )
-        }
-        .map_err(|source| GntdevError::Ioctl {
-            op: "IOCTL_GNTDEV_MAP_GRANT_REF",
-            source,
-        })?;
-        let index = req.index();
+        let (index, count) = self.reserve(grants)?;
         // From here on the reservation must be released on every path.
         let mut mapping = GntdevMapping {
             fd: self.fd.clone(),
             index,
-            count: pages as u32,
+            count,
             map: None,
         };
-        let len = pages_to_bytes(pages).ok_or(GntdevError::BadCount(pages))?;
-        let map = Mmap::map_shared(self.fd.as_fd(), len, writable, index)
-            .map_err(|source| GntdevError::Mmap { pages, source })?;
-        mapping.map = Some(map);
+        mapping.map = Some(Mmap::map_pages(
+            self.fd.as_fd(),
+            grants.len(),
+            writable,
+            index,
+        )?);
         Ok(mapping)
     }
 
@@ -261,18 +253,17 @@ impl GrantMapper for XenGntdev {
         writable: bool,
     ) -> Result<MmapRegion<()>, GntdevError> {
         let (index, count) = self.reserve(grants)?;
-        let pages = grants.len();
-        let region = pages_to_bytes(pages)
-            .ok_or(GntdevError::BadCount(pages))
-            .and_then(|len| {
-                owned_region(&self.fd, index, len, writable)
-                    .map_err(|source| GntdevError::Mmap { pages, source })
-            });
+        let region = owned_pages_region(&self.fd, index, grants.len(), writable);
         // The VMA (if any) holds its own reference to the grants now; release
         // the reservation on every path.
         let released = unmap_reservation(self.fd.as_fd(), index, count);
         let region = region?;
-        released.map(|()| region)
+        released
+            .map(|()| region)
+            .map_err(|source| GntdevError::Ioctl {
+                op: "IOCTL_GNTDEV_UNMAP_GRANT_REF",
+                source,
+            })
     }
 }
 
@@ -299,7 +290,7 @@ impl XenGntdev {
 }
 
 /// `IOCTL_GNTDEV_UNMAP_GRANT_REF` for a reservation at `index`.
-fn unmap_reservation(fd: BorrowedFd<'_>, index: u64, count: u32) -> Result<(), GntdevError> {
+fn unmap_reservation(fd: BorrowedFd<'_>, index: u64, count: u32) -> io::Result<()> {
     let mut arg = raw::ioctl_gntdev_unmap_grant_ref {
         index,
         count,
@@ -314,10 +305,6 @@ fn unmap_reservation(fd: BorrowedFd<'_>, index: u64, count: u32) -> Result<(), G
         )
     }
     .map(drop)
-    .map_err(|source| GntdevError::Ioctl {
-        op: "IOCTL_GNTDEV_UNMAP_GRANT_REF",
-        source,
-    })
 }
 
 /// A grant mapping made by [`XenGntdev`].
@@ -396,20 +383,7 @@ impl Drop for GntdevMapping {
     fn drop(&mut self) {
         // munmap first: the grants stay mapped while a VMA uses them.
         self.map = None;
-        let mut arg = raw::ioctl_gntdev_unmap_grant_ref {
-            index: self.index,
-            count: self.count,
-            pad: 0,
-        };
-        // SAFETY: `arg` is the argument struct of IOCTL_GNTDEV_UNMAP_GRANT_REF.
-        let res = unsafe {
-            ioctl_ptr(
-                self.fd(),
-                bindings::IOCTL_GNTDEV_UNMAP_GRANT_REF,
-                (&mut arg as *mut raw::ioctl_gntdev_unmap_grant_ref).cast(),
-            )
-        };
-        if let Err(e) = res {
+        if let Err(e) = unmap_reservation(self.fd(), self.index, self.count) {
             log::warn!(
                 "IOCTL_GNTDEV_UNMAP_GRANT_REF(index {:#x}, {} pages): {e}",
                 self.index,

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::bindings::{self, XEN_PAGE_SIZE, privcmd as raw};
+use crate::bindings::{self, privcmd as raw};
 use crate::mapping::MappedPages;
-use crate::sys::{Mmap, host_page_size, ioctl_ptr, open_node, owned_region, pages_to_bytes};
+use crate::sys::{HandleError, Mmap, ioctl_ptr, open_device, owned_pages_region};
 use crate::{DomId, Gfn};
 use vm_memory::MmapRegion;
 
@@ -90,6 +90,17 @@ impl PrivcmdError {
     }
 }
 
+impl From<HandleError> for PrivcmdError {
+    fn from(e: HandleError) -> Self {
+        match e {
+            HandleError::UnsupportedPageSize(page) => Self::UnsupportedPageSize(page),
+            HandleError::Open { path, source } => Self::Open { path, source },
+            HandleError::BadCount(n) => Self::BadCount(n),
+            HandleError::Mmap { pages, source } => Self::Mmap { pages, source },
+        }
+    }
+}
+
 /// One frame of a batch that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameError {
@@ -152,16 +163,8 @@ impl XenPrivcmd {
 
     /// Open the privcmd device at `path`.
     pub fn open_path(path: &Path) -> Result<Self, PrivcmdError> {
-        let page = host_page_size();
-        if page != XEN_PAGE_SIZE {
-            return Err(PrivcmdError::UnsupportedPageSize(page));
-        }
-        let fd = open_node(path, 0).map_err(|source| PrivcmdError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
         Ok(Self {
-            fd: Arc::new(File::from(fd)),
+            fd: open_device(path)?,
         })
     }
 
@@ -272,12 +275,13 @@ impl XenPrivcmd {
     }
 }
 
+/// The number of frames of a batch, if it is within 1..=MAX_FRAMES_PER_MAP.
 fn check_count(gfns: &[Gfn]) -> Result<usize, PrivcmdError> {
     let pages = gfns.len();
     if pages == 0 || pages > MAX_FRAMES_PER_MAP {
         return Err(PrivcmdError::BadCount(pages));
     }
-    pages_to_bytes(pages).ok_or(PrivcmdError::BadCount(pages))
+    Ok(pages)
 }
 
 impl ForeignMapper for XenPrivcmd {
@@ -289,11 +293,9 @@ impl ForeignMapper for XenPrivcmd {
         gfns: &[Gfn],
         writable: bool,
     ) -> Result<ForeignMapping, PrivcmdError> {
-        let len = check_count(gfns)?;
-        let pages = gfns.len();
+        let pages = check_count(gfns)?;
         // Reserve the VMA; dropped (unmapped) on every error path below.
-        let map = Mmap::map_shared(self.fd.as_fd(), len, writable, 0)
-            .map_err(|source| PrivcmdError::Mmap { pages, source })?;
+        let map = Mmap::map_pages(self.fd.as_fd(), pages, writable, 0)?;
         self.fill(domid, map.as_ptr(), gfns)?;
         Ok(ForeignMapping { map, domid })
     }
@@ -304,11 +306,9 @@ impl ForeignMapper for XenPrivcmd {
         gfns: &[Gfn],
         writable: bool,
     ) -> Result<MmapRegion<()>, PrivcmdError> {
-        let len = check_count(gfns)?;
-        let pages = gfns.len();
+        let pages = check_count(gfns)?;
         // The region owns the VMA: dropped (unmapped) on every error path.
-        let region = owned_region(&self.fd, 0, len, writable)
-            .map_err(|source| PrivcmdError::Mmap { pages, source })?;
+        let region = owned_pages_region(&self.fd, 0, pages, writable)?;
         self.fill(domid, region.as_ptr(), gfns)?;
         Ok(region)
     }

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -22,6 +22,36 @@ pub(crate) fn open_node(path: &Path, extra_flags: i32) -> io::Result<OwnedFd> {
         .custom_flags(libc::O_CLOEXEC | extra_flags)
         .open(path)?;
     Ok(file.into())
+}
+
+/// The failures the grant and foreign-mapping handles (gntdev, gntalloc,
+/// privcmd) share. Each of those modules converts it (`From`) into the
+/// variant of the same name of its own error enum.
+#[derive(Debug)]
+pub(crate) enum HandleError {
+    /// The host page size is not Xen's 4 KiB.
+    UnsupportedPageSize(usize),
+    /// The device node could not be opened.
+    Open { path: PathBuf, source: io::Error },
+    /// The page count does not fit the address space.
+    BadCount(usize),
+    /// `mmap` of `pages` pages failed.
+    Mmap { pages: usize, source: io::Error },
+}
+
+/// Open the device node of a grant or foreign-mapping handle: the host page
+/// size must be Xen's 4 KiB (checked first), then the node is opened
+/// read-write and close-on-exec.
+pub(crate) fn open_device(path: &Path) -> Result<Arc<File>, HandleError> {
+    let page = host_page_size();
+    if page != XEN_PAGE_SIZE {
+        return Err(HandleError::UnsupportedPageSize(page));
+    }
+    let fd = open_node(path, 0).map_err(|source| HandleError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Arc::new(File::from(fd)))
 }
 
 /// Call `ioctl(fd, request, arg)` and turn -1 into the errno.
@@ -54,6 +84,18 @@ pub(crate) fn host_page_size() -> usize {
     usize::try_from(size).unwrap_or(XEN_PAGE_SIZE)
 }
 
+/// Copy `value` into an ioctl argument buffer at byte `at`.
+pub(crate) fn put_bytes(buf: &mut [u8], at: usize, value: &[u8]) {
+    buf[at..at + value.len()].copy_from_slice(value);
+}
+
+/// The native-endian `u64` at byte `at` of an ioctl argument buffer.
+pub(crate) fn read_u64_ne(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_ne_bytes(b)
+}
+
 /// Bytes spanned by `pages` Xen pages, or `None` on overflow.
 pub(crate) fn pages_to_bytes(pages: usize) -> Option<usize> {
     pages.checked_mul(XEN_PAGE_SIZE)
@@ -82,6 +124,17 @@ pub(crate) fn owned_region(
             MmapRegionError::Mmap(e) => e,
             other => io::Error::other(other.to_string()),
         })
+}
+
+/// [`owned_region`] of `pages` Xen pages of `file` at byte `offset`.
+pub(crate) fn owned_pages_region(
+    file: &Arc<File>,
+    offset: u64,
+    pages: usize,
+    writable: bool,
+) -> Result<MmapRegion<()>, HandleError> {
+    let len = pages_to_bytes(pages).ok_or(HandleError::BadCount(pages))?;
+    owned_region(file, offset, len, writable).map_err(|source| HandleError::Mmap { pages, source })
 }
 
 /// A `MAP_SHARED` mapping of a device file, unmapped on drop.
@@ -130,6 +183,18 @@ impl Mmap {
         let addr = NonNull::new(addr.cast::<u8>())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
         Ok(Self { addr, len })
+    }
+
+    /// [`Mmap::map_shared`] of `pages` Xen pages of `fd` at byte `offset`.
+    pub(crate) fn map_pages(
+        fd: BorrowedFd<'_>,
+        pages: usize,
+        writable: bool,
+        offset: u64,
+    ) -> Result<Self, HandleError> {
+        let len = pages_to_bytes(pages).ok_or(HandleError::BadCount(pages))?;
+        Self::map_shared(fd, len, writable, offset)
+            .map_err(|source| HandleError::Mmap { pages, source })
     }
 
     pub(crate) fn as_ptr(&self) -> *mut u8 {
@@ -188,6 +253,39 @@ mod tests {
         let file = std::fs::File::open("/dev/zero").unwrap();
         let err = Mmap::map_shared(file.as_fd(), 0, false, 0).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn open_device_reports_the_path_and_errno() {
+        match open_device(Path::new("/nonexistent/xen-node")) {
+            Err(HandleError::Open { path, source }) => {
+                assert_eq!(path, Path::new("/nonexistent/xen-node"));
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn page_mappings_report_count_and_mmap_errors() {
+        let file = std::fs::File::open("/dev/zero").unwrap();
+        let map = Mmap::map_pages(file.as_fd(), 2, false, 0).unwrap();
+        assert_eq!(map.len(), 2 * XEN_PAGE_SIZE);
+        assert!(matches!(
+            Mmap::map_pages(file.as_fd(), usize::MAX, false, 0),
+            Err(HandleError::BadCount(usize::MAX))
+        ));
+        assert!(matches!(
+            Mmap::map_pages(file.as_fd(), 0, false, 0),
+            Err(HandleError::Mmap { pages: 0, source }) if source.raw_os_error() == Some(libc::EINVAL)
+        ));
+        let file = Arc::new(file);
+        let region = owned_pages_region(&file, 0, 3, false).unwrap();
+        assert_eq!(region.size(), 3 * XEN_PAGE_SIZE);
+        assert!(matches!(
+            owned_pages_region(&file, 0, usize::MAX, false),
+            Err(HandleError::BadCount(usize::MAX))
+        ));
     }
 
     #[test]
