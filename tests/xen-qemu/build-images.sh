@@ -115,12 +115,16 @@ mkdir -p "$root/etc/xen/scripts" "$root/etc/vmsgd/domains" "$root/boot"
 : >"$root/etc/xen/xl.conf"
 cp "$out/vmlinuz" "$root/boot/vmlinuz"
 mkcpio "$droot" "$root/boot/domu.cpio.gz"
+# With vmsgd's own processes serving (watch, xl hook), dom0 hot-adds an rng
+# as device 3 once the domU is waiting for it (dom0-init.sh).
+hotplug=""
+case "$SERVER" in vmsgd-watch | xl-hook) hotplug=" vmsg.hotplug=3" ;; esac
 cat >"$root/etc/xen/$domu.cfg" <<EOF
 name = "$domu"
 type = "pv"
 kernel = "/boot/vmlinuz"
 ramdisk = "/boot/domu.cpio.gz"
-extra = "console=hvc0 panic=-1 quiet vmsg.nonce=$NONCE vmsg.wait=60"
+extra = "console=hvc0 panic=-1 quiet vmsg.nonce=$NONCE vmsg.wait=60$hotplug"
 memory = 192
 vcpus = 1
 on_poweroff = "destroy"

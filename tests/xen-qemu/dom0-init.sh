@@ -79,10 +79,31 @@ if [ -x /usr/sbin/foreign-probe ]; then
     foreign-probe "$domid" 0 16 || true
 fi
 
-# Wait (bounded) for the verdict in the guest's console log.
 log="/var/log/xen/console/guest-$DOMU.log"
-verdict=""
 i=0
+# Hot-add (vmsgd's own processes only): once the domU's frontend waits for
+# device 3, add an rng there to the domain file and SIGHUP its backend,
+# the way an operator would (`systemctl reload vmsgd-watch` does the same).
+if [ "$SERVER" != example ]; then
+    while [ "$i" -lt "$GUEST_TIMEOUT" ]; do
+        grep -a -q 'waiting for hot-added device' "$log" 2>/dev/null && break
+        grep -a -q 'VMSG-VERDICT' "$log" 2>/dev/null && break
+        xl domid "$DOMU" >/dev/null 2>&1 || break
+        sleep 1
+        i=$((i + 1))
+    done
+    if grep -a -q 'waiting for hot-added device' "$log" 2>/dev/null; then
+        printf '\n[[guest.device]]\nkind = "rng"\ndev_num = 3\n' >>"/etc/vmsgd/domains/$DOMU.toml"
+        pids=$(ps | awk '/[v]msgd run --domain/ { print $1 }')
+        [ -n "$pids" ] || finish FAIL "hot-add: no vmsgd run process to signal"
+        step "hot-add: rng as device 3, SIGHUP to $pids"
+        # shellcheck disable=SC2086
+        kill -HUP $pids
+    fi
+fi
+
+# Wait (bounded) for the verdict in the guest's console log.
+verdict=""
 while [ "$i" -lt "$GUEST_TIMEOUT" ]; do
     verdict=$(grep -a -m1 'VMSG-VERDICT' "$log" 2>/dev/null)
     [ -n "$verdict" ] && break

@@ -25,6 +25,7 @@ for w in $(cat /proc/cmdline); do
     vmsg.nonce=*) args="$args --nonce ${w#vmsg.nonce=}" ;;
     vmsg.devid=*) args="$args --devid ${w#vmsg.devid=}" ;;
     vmsg.wait=*) args="$args --wait ${w#vmsg.wait=}" ;;
+    vmsg.hotplug=*) args="$args --hotplug ${w#vmsg.hotplug=}" ;;
     esac
 done
 echo "domu: $(uname -r), frontend args:$args"

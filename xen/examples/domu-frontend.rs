@@ -14,7 +14,7 @@
 //! independently of what the guest claimed.
 //!
 //! ```sh
-//! domu-frontend [--devid N] [--nonce N] [--wait SECS] [--blk-sector S] [--blk-bytes B]
+//! domu-frontend [--devid N] [--nonce N] [--wait SECS] [--blk-sector S] [--blk-bytes B] [--hotplug DEV]
 //! domu-frontend verify-image IMAGE --nonce N [--blk-sector S] [--blk-bytes B]
 //! ```
 //!
@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use vmsg_driver::Driver;
 use vmsg_driver::blk::{Blk, VIRTIO_ID_BLOCK};
 use vmsg_driver::rng::Rng;
+use vmsg_driver::wire::{Event, device_bus_state};
 use vmsg_xen::bus::{FrontendOptions, XenFrontend, XenHost, frontend_path, keys};
 use vmsg_xen::xenstore::{XsClient, XsOps};
 
@@ -46,6 +47,9 @@ struct Args {
     wait: Duration,
     blk_sector: u64,
     blk_bytes: usize,
+    /// After the checks, wait for this device to be hot-added (dom0 adds
+    /// it to the domain file and sends SIGHUP) and read from it.
+    hotplug: Option<u16>,
     verify: Option<String>,
 }
 
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         wait: Duration::from_secs(60),
         blk_sector: 2048,
         blk_bytes: 64 * 1024,
+        hotplug: None,
         verify: None,
     };
     let mut it = std::env::args().skip(1);
@@ -67,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
             "--wait" => a.wait = Duration::from_secs(num(&val("--wait")?)?),
             "--blk-sector" => a.blk_sector = num(&val("--blk-sector")?)?,
             "--blk-bytes" => a.blk_bytes = num(&val("--blk-bytes")?)?,
+            "--hotplug" => a.hotplug = Some(num(&val("--hotplug")?)?),
             "verify-image" => a.verify = Some(val("verify-image")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -211,6 +217,10 @@ fn run(a: &Args) -> Result<String, String> {
     if !saw_rng {
         return Err(format!("discover: no rng among {devices:?}"));
     }
+    if let Some(dev) = a.hotplug {
+        drv = hot_added_rng(drv, dev, &devices, a.wait)?;
+        summary.push(format!("hotplug=rng{dev}"));
+    }
     let list: Vec<String> = devices.iter().map(u16::to_string).collect();
     let line = format!(
         "devid={} mode={mode} devices={} {} nonce={}",
@@ -221,6 +231,44 @@ fn run(a: &Args) -> Result<String, String> {
     );
     drop(drv); // closes the frontend: Closing, wait for the backend, Closed
     Ok(line)
+}
+
+/// Wait for EVENT_DEVICE(`dev`, ADDED), then find `dev` in GET_DEVICES
+/// and read from it as an rng.
+fn hot_added_rng(
+    mut drv: Driver,
+    dev: u16,
+    before: &[u16],
+    wait: Duration,
+) -> Result<Driver, String> {
+    if before.contains(&dev) {
+        return Err(format!("hotplug: device {dev} was there before the reload"));
+    }
+    // dom0 waits for this line before it edits the domain file.
+    println!("domu: waiting for hot-added device {dev}");
+    let added = |e: &Event| {
+        matches!(e, Event::Device { device_number, state }
+            if *device_number == dev && *state == device_bus_state::ADDED)
+    };
+    if stage("hotplug event", drv.wait_event_where(added, wait))?.is_none() {
+        return Err(format!(
+            "hotplug: no EVENT_DEVICE({dev}, ADDED) within {wait:?}"
+        ));
+    }
+    let now = stage("hotplug discover", drv.discover())?;
+    if !now.contains(&dev) {
+        return Err(format!("hotplug: GET_DEVICES lists {now:?}, not {dev}"));
+    }
+    let info = stage("hotplug device info", drv.get_device_info(dev))?;
+    if info.device_id != VIRTIO_ID_RNG {
+        return Err(format!("hotplug: device {dev} is type {}", info.device_id));
+    }
+    let mut rng = stage("hotplug rng open", Rng::open(drv, dev))?;
+    let bytes = stage("hotplug rng read", rng.read(RNG_BYTES))?;
+    if bytes.len() != RNG_BYTES {
+        return Err(format!("hotplug rng read: {} bytes", bytes.len()));
+    }
+    stage("hotplug rng close", rng.close())
 }
 
 /// dom0 side: does IMAGE hold the pattern for the nonce?
