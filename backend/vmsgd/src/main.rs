@@ -92,6 +92,17 @@ fn main() -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(cfg) => {
+            // A Xen guest only runs from a domain file: check its rules too.
+            let is_domain_file = cfg
+                .guests
+                .iter()
+                .any(|g| matches!(g.bus, config::BusConfig::Xen { .. }));
+            if is_domain_file {
+                if let Err(e) = xen::check_domain_file(file, cfg.clone()) {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            }
             println!("{}: ok", file.display());
             for g in &cfg.guests {
                 println!("guest {}: {:?}", g.name, g.bus);

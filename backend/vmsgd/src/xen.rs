@@ -165,6 +165,20 @@ fn domain_guest(file: &Path, cfg: Config, name: &str) -> Result<GuestConfig, Xen
     Ok(guest)
 }
 
+/// Check a loaded configuration that has a Xen guest against the rules of
+/// a domain file (one guest, named like the file, on the Xen bus, with
+/// usable bus settings), as `vmsgd run` and `vmsgd watch` will.
+pub fn check_domain_file(file: &Path, cfg: Config) -> Result<GuestConfig, XenError> {
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let guest = domain_guest(file, cfg, &name)?;
+    backend_config(&guest)?;
+    Ok(guest)
+}
+
 /// Load and validate `<dir>/<name>.toml`.
 pub fn load_domain(dir: &Path, name: &str) -> Result<(Config, GuestConfig), XenError> {
     let file = dir.join(format!("{name}.toml"));

@@ -475,6 +475,36 @@ fn vmsgd_run_without_xen_says_so() {
 }
 
 #[test]
+fn check_config_applies_the_domain_file_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str| {
+        write(dir.path(), name, text);
+        std::process::Command::new(env!("CARGO_BIN_EXE_vmsgd"))
+            .arg("check-config")
+            .arg(dir.path().join(format!("{name}.toml")))
+            .output()
+            .unwrap()
+    };
+    let guest = |name: &str| {
+        format!(
+            "[[guest]]\nname = \"{name}\"\nbus = {{ kind = \"xen\" }}\n\n[[guest.device]]\nkind = \"rng\"\n"
+        )
+    };
+    let ok = check("web", &guest("web"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let misnamed = check("db", &guest("www"));
+    assert_eq!(misnamed.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&misnamed.stderr);
+    assert!(err.contains("db.toml") && err.contains("fix:"), "{err}");
+    let two = check("two", &format!("{}{}", guest("two"), guest("other")));
+    assert_eq!(two.status.code(), Some(2), "two guests in a domain file");
+}
+
+#[test]
 fn the_example_domain_files_are_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dom0-config/domains");
     let mut seen = 0;
