@@ -91,6 +91,12 @@ pub trait Bus: Send {
     /// Push one frame and notify the peer.
     fn send(&mut self, frame: &[u8]) -> Result<(), BusError>;
 
+    /// The device numbers the instance serves on this connection, sorted:
+    /// told when the connection starts and after every hot-plug change, for
+    /// buses that also publish them outside the messages (Xen's `devices`
+    /// key). GET_DEVICES stays authoritative. Default: nothing to do.
+    fn devices_changed(&mut self, _devices: &[u16]) {}
+
     /// The guest memory this bus instance exposes to the devices.
     fn memory(&self) -> GuestMemoryHandle;
 

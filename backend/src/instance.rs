@@ -244,6 +244,7 @@ impl GuestInstance {
         stop: &StopSignal,
     ) -> Result<ServeEnd, InstanceError> {
         let codec = self.attach(bus)?;
+        bus.devices_changed(&self.device_numbers());
         info!(
             "{}: bus up ({:?}, max message {} bytes, {} devices)",
             self.name,
@@ -463,6 +464,9 @@ impl GuestInstance {
         bus: &mut dyn Bus,
         epoll: &Epoll,
     ) -> Result<(), InstanceError> {
+        // Apply the whole batch even if an announcement fails (the bus is
+        // going down then): a change taken from the queue is never lost.
+        let mut send_failed = None;
         for Request { change, reply } in self.hotplug.take() {
             let dev_num = change.dev_num();
             let result = match change {
@@ -470,17 +474,30 @@ impl GuestInstance {
                 Change::Remove(n) => self.remove_online(n, epoll),
             };
             self.log_change(dev_num, &result);
-            let announce = result.as_ref().ok().copied();
-            let _ = reply.send(result.map(|_| ()));
-            if let Some(added) = announce {
+            if let (Ok(added), None) = (&result, &send_failed) {
                 let mut out = vec![0u8; codec.max_msg_size()];
-                match event_device(codec, dev_num, added, &mut out) {
-                    Ok(n) => send(bus, &out[..n])?,
+                match event_device(codec, dev_num, *added, &mut out) {
+                    Ok(n) => {
+                        if let Err(e) = send(bus, &out[..n]) {
+                            warn!(
+                                "{}: device {dev_num}: EVENT_DEVICE not sent ({e}); the driver finds the change when it reconnects",
+                                self.name
+                            );
+                            send_failed = Some(e);
+                        }
+                    }
                     Err(e) => warn!("{}: encoding EVENT_DEVICE: {e}", self.name),
                 }
             }
+            // After the announcement: the change is in effect either way.
+            let _ = reply.send(result.map(|_| ()));
         }
-        Ok(())
+        bus.devices_changed(&self.device_numbers());
+        send_failed.map_or(Ok(()), Err)
+    }
+
+    fn device_numbers(&self) -> Vec<u16> {
+        self.devices.keys().copied().collect()
     }
 
     /// Returns whether the device was added (else removed).

@@ -257,10 +257,11 @@ fn event_device_is_carried_in_band_and_mirrored_in_xenstore() {
         ),
         "{ev:?}"
     );
+    // The xenstore view follows what the instance says it serves.
     let devices = "/local/domain/0/backend/vmsg/6/0/devices";
+    bus.devices_changed(&[1, 2]);
     assert_eq!(xen.xenstored().read(devices).unwrap(), b"1 2");
-    let n = vmsg_transport::bus::event_device(&codec, 1, false, &mut out).unwrap();
-    bus.send(&out[..n]).unwrap();
+    bus.devices_changed(&[2]);
     assert_eq!(xen.xenstored().read(devices).unwrap(), b"2");
     drop(bus);
     done_tx.send(()).unwrap();

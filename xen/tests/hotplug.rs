@@ -48,19 +48,27 @@ fn hot_added_device_is_announced_usable_and_listed_in_xenstore() {
     let mut instance =
         GuestInstance::new("dom4", InstanceOptions::default(), rng_devices()).unwrap();
     let control = instance.device_control();
+    // Queued before the frontend connects: applied at connection, without
+    // an event, and published in `devices` all the same.
+    let early = control.add(
+        5,
+        Box::new(RngDevice::new("rng5", Box::new(HostEntropy), None).unwrap()),
+    );
     let stop = StopSignal::new().unwrap();
     let stop2 = stop.clone();
     let server = std::thread::spawn(move || backend.run(&mut instance, &stop2));
 
     let fe = XenFrontend::connect(&domu, &FrontendOptions::default()).unwrap();
     let mut drv = Driver::new(Box::new(fe)).unwrap().with_timeout(TIMEOUT);
-    assert_eq!(drv.discover().unwrap(), vec![RNG_DEV]);
+    early.wait(TIMEOUT).unwrap();
+    assert_eq!(drv.discover().unwrap(), vec![RNG_DEV, 5]);
+    assert_eq!(xen.xenstored().read(&devices_key).unwrap(), b"1 5");
 
     let rng = RngDevice::new("rng7", Box::new(HostEntropy), None).unwrap();
     control.add(7, Box::new(rng)).wait(TIMEOUT).unwrap();
     wait_device_event(&mut drv, 7, device_bus_state::ADDED);
-    assert_eq!(drv.discover().unwrap(), vec![RNG_DEV, 7]);
-    assert_eq!(xen.xenstored().read(&devices_key).unwrap(), b"1 7");
+    assert_eq!(drv.discover().unwrap(), vec![RNG_DEV, 5, 7]);
+    assert_eq!(xen.xenstored().read(&devices_key).unwrap(), b"1 5 7");
 
     // The new device works over the guest's grants at once.
     let mut rng7 = Rng::open(drv, 7).unwrap();
@@ -69,8 +77,8 @@ fn hot_added_device_is_announced_usable_and_listed_in_xenstore() {
 
     control.remove(RNG_DEV).wait(TIMEOUT).unwrap();
     wait_device_event(&mut drv, RNG_DEV, device_bus_state::REMOVED);
-    assert_eq!(drv.discover().unwrap(), vec![7]);
-    assert_eq!(xen.xenstored().read(&devices_key).unwrap(), b"7");
+    assert_eq!(drv.discover().unwrap(), vec![5, 7]);
+    assert_eq!(xen.xenstored().read(&devices_key).unwrap(), b"5 7");
 
     drop(drv);
     stop.trigger();

@@ -66,6 +66,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Processes that reload on SIGHUP block it before anything else, so a
+    // reload sent right after start (`systemctl reload` while `vmsgd watch`
+    // is starting a domain's backend) is held, not fatal.
+    if matches!(cli.command, Some(Command::Run { .. })) || cli.command.is_none() {
+        let mut hup = SigSet::empty();
+        hup.add(Signal::SIGHUP);
+        if let Err(e) = hup.thread_block() {
+            eprintln!("vmsgd: blocking SIGHUP: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => check_config(&file),
         (Some(Command::Demo(args)), _) => demo::run(&args),

@@ -15,7 +15,7 @@ use thiserror::Error;
 use vmsg_backend::device::VirtioDevice;
 use vmsg_backend::hotplug::{DeviceControl, PendingChange};
 
-use crate::config::{DeviceConfig, GuestConfig};
+use crate::config::{BusConfig, DeviceConfig, GuestConfig};
 use crate::daemon::{DaemonError, build_device};
 
 /// Why a guest's reload was not applied.
@@ -34,8 +34,15 @@ pub enum ReloadError {
     #[error("guest {0} is no longer configured; restart vmsgd to stop serving it")]
     GuestRemoved(String),
     /// A new device could not be built; nothing of this guest was changed.
+    /// (Not a `#[source]`: the message already carries it.)
     #[error("{0} (nothing of this guest was changed)")]
-    Device(#[source] DaemonError),
+    Device(DaemonError),
+    /// The bus cannot announce device changes: the Linux loopback bus
+    /// registers devices with its kernel only at start.
+    #[error(
+        "guest {0}: its bus ({1}) cannot add or remove devices live; restart vmsgd to apply the change"
+    )]
+    NotLive(String, &'static str),
 }
 
 /// What a reload changes on one guest.
@@ -89,6 +96,11 @@ pub fn reload_guest(
     if plan.is_empty() {
         info!("guest {}: devices unchanged", new.name);
         return Ok(Vec::new());
+    }
+    if matches!(new.bus, BusConfig::LinuxUser { .. }) {
+        // Its kernel learns devices through the registrar's ioctls, once,
+        // and drops EVENT_DEVICE: a live change would strand the driver.
+        return Err(ReloadError::NotLive(new.name.clone(), "linux-user"));
     }
     let built = plan
         .add
@@ -158,6 +170,36 @@ mod tests {
             instance.stats().devices.keys().copied().collect::<Vec<_>>(),
             vec![1]
         );
+    }
+
+    #[test]
+    fn linux_user_guests_are_not_changed_live() {
+        let on_lb = |devices: &str| {
+            let text =
+                format!("[[guest]]\nname = \"g\"\nbus = {{ kind = \"linux-user\" }}\n{devices}");
+            Config::parse_offline(std::path::Path::new("g.toml"), &text)
+                .expect("config")
+                .guests
+                .remove(0)
+        };
+        let old = on_lb(RNG1);
+        let instance = vmsg_backend::instance::GuestInstance::new(
+            "g",
+            Default::default(),
+            crate::daemon::build_devices(&old).expect("devices"),
+        )
+        .expect("instance");
+        let r = reload_guest(
+            &instance.device_control(),
+            &old,
+            &on_lb(&format!("{RNG1}{RNG2}")),
+        );
+        assert!(
+            matches!(r, Err(ReloadError::NotLive(_, "linux-user"))),
+            "{r:?}"
+        );
+        // Unchanged devices are not an error.
+        assert!(reload_guest(&instance.device_control(), &old, &old).is_ok());
     }
 
     #[test]

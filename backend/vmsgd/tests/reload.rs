@@ -31,22 +31,35 @@ const BLK2_RO: &str =
     "\n[[guest.device]]\nkind = \"blk\"\ndev_num = 2\npath = \"disk.img\"\nread_only = true\n";
 const RNG3: &str = "\n[[guest.device]]\nkind = \"rng\"\ndev_num = 3\n";
 
+/// Wait for the EVENT_DEVICEs `want`, and check they came in that order.
 fn device_events(drv: &mut Driver, want: &[(u16, u16)]) {
-    for &(dev, state) in want {
-        let ev = drv
-            .wait_event_where(
-                |e| {
-                    matches!(e, Event::Device { device_number, state: s }
-                        if *device_number == dev && *s == state)
-                },
-                STARTUP,
-            )
-            .expect("bus");
-        assert!(
-            ev.is_some(),
-            "EVENT_DEVICE({dev}, {state}) within {STARTUP:?}"
-        );
-    }
+    let &(dev, state) = want.last().expect("events to wait for");
+    let last = drv
+        .wait_event_where(
+            |e| {
+                matches!(e, Event::Device { device_number, state: s }
+                    if *device_number == dev && *s == state)
+            },
+            STARTUP,
+        )
+        .expect("bus");
+    assert!(
+        last.is_some(),
+        "EVENT_DEVICE({dev}, {state}) within {STARTUP:?}"
+    );
+    // What arrived before it, in order.
+    let before: Vec<(u16, u16)> = drv
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Device {
+                device_number,
+                state,
+            } => Some((device_number, state)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(before, want[..want.len() - 1], "EVENT_DEVICE order");
 }
 
 fn rewrite(daemon: &DaemonProcess, devices: &str) {

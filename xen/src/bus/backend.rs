@@ -515,11 +515,11 @@ impl<P: BackendPlatform> XenBackend<P> {
             let next = match (self.state, fe) {
                 (S::InitWait, S::Initialised | S::Connected) => {
                     match self.connect() {
-                        Ok((conn, codec)) => {
+                        Ok(conn) => {
                             self.set_state(S::Connected)?;
                             self.stats.connects.fetch_add(1, Ordering::Relaxed);
                             info!("{}: connected", self.be_path);
-                            return Ok(Accept::Connected(Box::new(XenBus::new(self, conn, codec))));
+                            return Ok(Accept::Connected(Box::new(XenBus::new(self, conn))));
                         }
                         Err(e) => {
                             self.refuse(&e)?;
@@ -573,7 +573,7 @@ impl<P: BackendPlatform> XenBackend<P> {
 
     /// Read the frontend's details, map its ring and memory, bind its event
     /// channel.
-    fn connect(&mut self) -> Result<(Conn<P>, Codec), XenBusError> {
+    fn connect(&mut self) -> Result<Conn<P>, XenBusError> {
         let order = match self
             .read_opt(&format!("{}/{}", self.fe_path, keys::RING_PAGE_ORDER))
             .map_err(XenBusError::xs("ring-page-order"))?
@@ -608,7 +608,8 @@ impl<P: BackendPlatform> XenBackend<P> {
             }
         }
         let max = fe_max.min(self.cfg.max_msg_size);
-        let codec = Codec::new(self.cfg.profile, max)
+        // The instance builds its own codec; refuse here what it would.
+        Codec::new(self.cfg.profile, max)
             .map_err(|e| XenBusError::Protocol(format!("max-msg-size {fe_max}: {e}")))?;
 
         let gntdev = self.platform.gntdev()?;
@@ -653,7 +654,7 @@ impl<P: BackendPlatform> XenBackend<P> {
             scratch: vec![0; slot],
             max_msg_size: max,
         };
-        Ok((conn, codec))
+        Ok(conn)
     }
 
     /// Serve `instance` on connection after connection until the domain
@@ -800,7 +801,6 @@ struct Conn<P: BackendPlatform> {
 pub struct XenBus<'a, P: BackendPlatform> {
     backend: &'a mut XenBackend<P>,
     conn: Option<Conn<P>>,
-    codec: Codec,
     max_msg_size: usize,
     transport_features: u32,
     send_timeout: Duration,
@@ -810,9 +810,8 @@ pub struct XenBus<'a, P: BackendPlatform> {
 }
 
 impl<'a, P: BackendPlatform> XenBus<'a, P> {
-    fn new(backend: &'a mut XenBackend<P>, conn: Conn<P>, codec: Codec) -> Self {
+    fn new(backend: &'a mut XenBackend<P>, conn: Conn<P>) -> Self {
         Self {
-            codec,
             max_msg_size: conn.max_msg_size,
             transport_features: backend.cfg.transport_features,
             send_timeout: backend.cfg.send_timeout,
@@ -845,35 +844,6 @@ impl<'a, P: BackendPlatform> XenBus<'a, P> {
         let path = format!("{}/{}", self.backend.be_path, keys::ERROR);
         if let Err(e) = self.backend.xs.write(&path, msg.as_bytes()) {
             debug!("{path}: {e}");
-        }
-    }
-
-    /// An EVENT_DEVICE the instance sent: mirror it into `devices`, so the
-    /// xenstore view follows hot-add and removal (docs/xen-bus.md §7).
-    fn mirror_event_device(&mut self, frame: &[u8]) {
-        let Ok(h) = self.codec.peek_header(frame) else {
-            return;
-        };
-        if !h.is_bus() || h.msg_id != vmsg_proto::bus_id::EVENT_DEVICE {
-            return;
-        }
-        let Ok(msg) = self.codec.decode(frame) else {
-            return;
-        };
-        let vmsg_proto::Body::EventDevice {
-            device_number,
-            state,
-        } = msg.body
-        else {
-            return;
-        };
-        let mut devices = self.backend.cfg.devices.clone();
-        devices.retain(|&d| d != device_number);
-        if state == vmsg_proto::device_bus_state::ADDED {
-            devices.push(device_number);
-        }
-        if let Err(e) = self.backend.set_devices(&devices) {
-            warn!("{}: publishing devices: {e}", self.backend.be_path);
         }
     }
 
@@ -1009,6 +979,17 @@ impl<P: BackendPlatform> Bus for XenBus<'_, P> {
         }
     }
 
+    /// Mirror the instance's device numbers into `devices`, so the
+    /// xenstore view follows hot-add and removal (docs/xen-bus.md §7).
+    fn devices_changed(&mut self, devices: &[u16]) {
+        if self.backend.cfg.devices == devices {
+            return;
+        }
+        if let Err(e) = self.backend.set_devices(devices) {
+            warn!("{}: publishing devices: {e}", self.backend.be_path);
+        }
+    }
+
     fn send(&mut self, frame: &[u8]) -> Result<(), BusError> {
         if frame.len() > self.max_msg_size {
             return Err(BusError::FrameTooLarge {
@@ -1026,7 +1007,6 @@ impl<P: BackendPlatform> Bus for XenBus<'_, P> {
                         c.port.notify().map_err(ev_bus_err("notify"))?;
                     }
                     self.counters.frames_out += 1;
-                    self.mirror_event_device(frame);
                     return Ok(());
                 }
                 Err(RingError::Full) => {
