@@ -122,27 +122,22 @@ impl DaemonProcess {
 
     /// Send SIGHUP (reload the configuration).
     pub fn hangup(&self) {
-        let child = self.child.as_ref().expect("daemon running");
-        let pid = i32::try_from(child.id()).expect("pid");
-        // Our own child, not reaped yet (we hold its Child): the pid is its.
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .expect("SIGHUP vmsgd");
+        self.signal(nix::sys::signal::Signal::SIGHUP);
     }
 
     /// SIGTERM the daemon and wait (bounded) for its exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
         let child = self.child.take().expect("daemon already stopped");
+        wait_exit(child, STARTUP)
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("daemon running");
         let pid = i32::try_from(child.id()).expect("pid");
         // Our own child, not reaped yet (we hold its Child): the pid is its.
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM vmsgd");
-        wait_exit(child, STARTUP)
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .unwrap_or_else(|e| panic!("{sig} to vmsgd: {e}"));
     }
 }
 
