@@ -272,7 +272,7 @@ impl GuestInstance {
         // discovered anything yet, so they need no EVENT_DEVICE.
         for Request { change, reply } in self.hotplug.take() {
             let dev_num = change.dev_num();
-            let result = self.change_offline(change);
+            let result = self.apply_change(change, None);
             self.log_change(dev_num, &result);
             let _ = reply.send(result.map(|_| ()));
         }
@@ -467,15 +467,17 @@ impl GuestInstance {
         // Apply the whole batch even if an announcement fails (the bus is
         // going down then): a change taken from the queue is never lost.
         let mut send_failed = None;
+        let mut out = vec![0u8; codec.max_msg_size()];
         for Request { change, reply } in self.hotplug.take() {
             let dev_num = change.dev_num();
-            let result = match change {
-                Change::Add(n, dev) => self.add_online(n, dev, codec, bus, epoll),
-                Change::Remove(n) => self.remove_online(n, epoll),
+            let live = Live {
+                codec,
+                bus: &*bus,
+                epoll,
             };
+            let result = self.apply_change(change, Some(&live));
             self.log_change(dev_num, &result);
             if let (Ok(added), None) = (&result, &send_failed) {
-                let mut out = vec![0u8; codec.max_msg_size()];
                 match event_device(codec, dev_num, *added, &mut out) {
                     Ok(n) => {
                         if let Err(e) = send(bus, &out[..n]) {
@@ -500,14 +502,38 @@ impl GuestInstance {
         self.devices.keys().copied().collect()
     }
 
-    /// Returns whether the device was added (else removed).
-    fn change_offline(&mut self, change: Change) -> Result<bool, HotplugError> {
+    /// Carry out one change; returns whether the device was added (else
+    /// removed). On a `live` bus a new device is watched and attached to it
+    /// and a removed one unwatched; offline the next `attach` does that.
+    fn apply_change(
+        &mut self,
+        change: Change,
+        live: Option<&Live<'_>>,
+    ) -> Result<bool, HotplugError> {
         match change {
             Change::Add(n, dev) => {
                 if self.devices.contains_key(&n) {
                     return Err(HotplugError::InUse(n));
                 }
-                self.devices.insert(n, DeviceHost::new(n, dev));
+                let mut host = DeviceHost::new(n, dev);
+                if let Some(live) = live {
+                    let fds = host.event_fds();
+                    for (i, &fd) in fds.iter().enumerate() {
+                        let data = EV_DEVICE_BASE + u64::from(n);
+                        if let Err(source) = epoll_add(live.epoll, fd, data) {
+                            for &done in &fds[..i] {
+                                epoll_delete(live.epoll, done);
+                            }
+                            return Err(HotplugError::Watch { dev_num: n, source });
+                        }
+                    }
+                    host.attach(
+                        *live.codec,
+                        live.bus.transport_features(),
+                        live.bus.memory(),
+                    );
+                }
+                self.devices.insert(n, host);
                 Ok(true)
             }
             Change::Remove(n) => {
@@ -515,50 +541,17 @@ impl GuestInstance {
                     .devices
                     .remove(&n)
                     .ok_or(HotplugError::NoSuchDevice(n))?;
+                if let Some(live) = live {
+                    for fd in host.event_fds() {
+                        epoll_delete(live.epoll, fd);
+                    }
+                }
+                // Reset: queues stop, in-flight work is abandoned (the
+                // driver is told REMOVED only after this).
                 host.detach();
                 Ok(false)
             }
         }
-    }
-
-    fn add_online(
-        &mut self,
-        n: u16,
-        dev: Box<dyn VirtioDevice>,
-        codec: &Codec,
-        bus: &dyn Bus,
-        epoll: &Epoll,
-    ) -> Result<bool, HotplugError> {
-        if self.devices.contains_key(&n) {
-            return Err(HotplugError::InUse(n));
-        }
-        let mut host = DeviceHost::new(n, dev);
-        let fds = host.event_fds();
-        for (i, &fd) in fds.iter().enumerate() {
-            if let Err(source) = epoll_add(epoll, fd, EV_DEVICE_BASE + u64::from(n)) {
-                for &done in &fds[..i] {
-                    epoll_delete(epoll, done);
-                }
-                return Err(HotplugError::Watch { dev_num: n, source });
-            }
-        }
-        host.attach(*codec, bus.transport_features(), bus.memory());
-        self.devices.insert(n, host);
-        Ok(true)
-    }
-
-    fn remove_online(&mut self, n: u16, epoll: &Epoll) -> Result<bool, HotplugError> {
-        let mut host = self
-            .devices
-            .remove(&n)
-            .ok_or(HotplugError::NoSuchDevice(n))?;
-        for fd in host.event_fds() {
-            epoll_delete(epoll, fd);
-        }
-        // Reset: queues stop, in-flight work is abandoned (the driver was
-        // told nothing yet, and will be told REMOVED).
-        host.detach();
-        Ok(false)
     }
 
     fn log_change(&self, dev_num: u16, result: &Result<bool, HotplugError>) {
@@ -585,6 +578,13 @@ impl GuestInstance {
             }
         })
     }
+}
+
+/// The connected bus a hot-plug change is applied on.
+struct Live<'a> {
+    codec: &'a Codec,
+    bus: &'a dyn Bus,
+    epoll: &'a Epoll,
 }
 
 /// Run `f` with an emitter that sends frames on `bus`; after the first send
