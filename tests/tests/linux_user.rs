@@ -150,8 +150,14 @@ fn probe(k: &FakeLoopbackKernel, d: &mut Drivers, id: u32) -> Result<(), String>
 }
 
 /// vmsgd's side: an rng at 0 and a blk at 1 served on the loopback.
-fn vmsgd(k: &FakeLoopbackKernel, image: &std::path::Path) -> (StopSignal, JoinHandle<ServeEnd>) {
-    let mut bus = LinuxUserBus::with_kernel(k.kernel(), k.options().pool_base).expect("bus");
+fn vmsgd(
+    k: &FakeLoopbackKernel,
+    image: &std::path::Path,
+    kernel_remove: bool,
+) -> (StopSignal, JoinHandle<ServeEnd>) {
+    let mut bus = LinuxUserBus::with_kernel(k.kernel(), k.options().pool_base)
+        .expect("bus")
+        .with_kernel_remove(kernel_remove);
     let rng = RngDevice::new("lb/rng0", Box::new(HostEntropy), None).expect("rng");
     let blk = BlkDevice::new(
         "lb/blk1",
@@ -188,7 +194,13 @@ fn vmsgd_serves_rng_and_blk_to_the_loopback_kernel() {
         .and_then(|f| f.set_len(1 << 20))
         .expect("image");
 
-    let k = FakeLoopbackKernel::new(FakeKernelOptions::default()).expect("fake kernel");
+    // A kernel whose REMOVE works (the RFC one deadlocks), so that vmsgd's
+    // kernel_remove path is exercised with the drivers' remove.
+    let k = FakeLoopbackKernel::new(FakeKernelOptions {
+        remove_deadlocks: false,
+        ..FakeKernelOptions::default()
+    })
+    .expect("fake kernel");
     let (drivers, drivers_thread) = KernelDrivers::start();
     let (probed_tx, probed) = channel();
     {
@@ -212,7 +224,7 @@ fn vmsgd_serves_rng_and_blk_to_the_loopback_kernel() {
         }));
     }
 
-    let (stop, served) = vmsgd(&k, &image);
+    let (stop, served) = vmsgd(&k, &image, true);
     // ADD of each device returns only after the driver bound.
     for want in [0u32, 1] {
         let (id, r) = probed.recv_timeout(JOB_TIMEOUT).expect("probe");
@@ -289,7 +301,7 @@ fn a_device_without_a_driver_still_registers_and_the_probe_error_is_kept() {
         let _ = tx.send(id);
         Err("no driver bound in this test".into())
     }));
-    let (stop, served) = vmsgd(&k, &image);
+    let (stop, served) = vmsgd(&k, &image, false);
     assert_eq!(rx.recv_timeout(JOB_TIMEOUT).expect("probe"), 0);
     assert_eq!(rx.recv_timeout(JOB_TIMEOUT).expect("probe"), 1);
     stop.trigger();
@@ -297,5 +309,7 @@ fn a_device_without_a_driver_still_registers_and_the_probe_error_is_kept() {
     let s = k.stats();
     assert_eq!(s.probe_errors.len(), 2, "{s:?}");
     assert_eq!(s.timeouts, 0, "{s:?}");
-    assert!(k.devices().is_empty());
+    // The default: this kernel's REMOVE deadlocks, so vmsgd leaves them.
+    assert_eq!(s.removes, 0, "{s:?}");
+    assert_eq!(k.devices(), vec![0, 1]);
 }

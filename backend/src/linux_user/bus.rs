@@ -36,6 +36,45 @@ const RFC2_HEADER: usize = 6;
 /// transfer in flight, so one or two are ever pending).
 const QUEUE_DEPTH: usize = 16;
 
+/// The instance's device list, handed from the instance thread
+/// ([`Bus::devices_changed`]) to the registrar, which ADDs (and, if allowed,
+/// REMOVEs) devices in the kernel. Only the latest list matters.
+#[derive(Debug)]
+pub(crate) struct DeviceRegistry {
+    wanted: Mutex<Option<Vec<u16>>>,
+    wake: EventFd,
+}
+
+impl DeviceRegistry {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            wanted: Mutex::new(None),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    fn publish(&self, devices: &[u16]) {
+        if let Ok(mut w) = self.wanted.lock() {
+            *w = Some(devices.to_vec());
+        }
+        // Only fails when the counter would overflow: readable then anyway.
+        let _ = self.wake.write(1);
+    }
+
+    /// The list published since the last call, if any.
+    pub(crate) fn take(&self) -> Option<Vec<u16>> {
+        // Reset the counter first: a list published after this read rings
+        // it again, so none is missed.
+        let _ = self.wake.read();
+        self.wanted.lock().ok().and_then(|mut w| w.take())
+    }
+
+    /// Readable when a list may have been published.
+    pub(crate) fn as_raw_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+}
+
 /// What the loopback bus did beyond carrying frames.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LinuxUserStats {
@@ -74,6 +113,9 @@ pub struct LinuxUserBus {
     ended: Arc<EventFd>,
     shared: Arc<Shared>,
     reader: Option<JoinHandle<()>>,
+    registry: Arc<DeviceRegistry>,
+    /// Whether devices may be REMOVEd (see `serve`: the RFC kernel deadlocks).
+    kernel_remove: bool,
     /// (dev_num, msg_id) of the request handed to the instance and not yet answered.
     pending: Option<(u16, u8)>,
     frames_out: u64,
@@ -143,6 +185,8 @@ impl LinuxUserBus {
             ended,
             shared,
             reader: Some(reader),
+            registry: Arc::new(DeviceRegistry::new().map_err(os("eventfd"))?),
+            kernel_remove: false,
             pending: None,
             frames_out: 0,
             stats: LinuxUserStats::default(),
@@ -152,6 +196,22 @@ impl LinuxUserBus {
     /// The kernel interface (for ADD/REMOVE from another thread).
     pub fn kernel(&self) -> Arc<dyn LoopbackKernel> {
         self.kernel.clone()
+    }
+
+    /// Allow REMOVE on stop and on hot-unplug (off by default: the RFC
+    /// loopback's REMOVE deadlocks inside the kernel; `serve_linux_user`).
+    pub fn with_kernel_remove(mut self, on: bool) -> Self {
+        self.kernel_remove = on;
+        self
+    }
+
+    /// Whether devices may be REMOVEd.
+    pub fn kernel_remove(&self) -> bool {
+        self.kernel_remove
+    }
+
+    pub(crate) fn registry(&self) -> Arc<DeviceRegistry> {
+        self.registry.clone()
     }
 
     /// What the bus did beyond carrying frames.
@@ -324,6 +384,10 @@ impl Bus for LinuxUserBus {
         } else {
             self.write(frame)
         }
+    }
+
+    fn devices_changed(&mut self, devices: &[u16]) {
+        self.registry.publish(devices);
     }
 
     fn memory(&self) -> GuestMemoryHandle {

@@ -31,6 +31,13 @@
 //!   §3.3 sequence). `EEXIST` for a known id. **REMOVE** runs the driver's
 //!   remove ([`Remover`]) then the virtio core's reset (SET_DEVICE_STATUS 0);
 //!   `ENOENT` for an unknown id.
+//! * **REMOVE deadlocks**, as on the RFC kernel (seen on a real boot,
+//!   `tests/linux-qemu/`): its remove holds the loopback lock around the
+//!   unregister whose reset transfer takes the same lock, so the call never
+//!   returns and every later transfer waits behind it. With
+//!   [`FakeKernelOptions::remove_deadlocks`] (the default) the fake's REMOVE
+//!   takes the transfer lock and blocks until [`FakeLoopbackKernel::close`];
+//!   clear it to fake a kernel whose REMOVE works.
 //! * **The pool**: a memfd of the pool size; `pool_size` is its length (the
 //!   `lseek(SEEK_END)` answer), `map_pool` maps it shared.
 //!   [`FakeLoopbackKernel::pool_memory`] is the kernel's own view of it at
@@ -76,6 +83,8 @@ pub struct FakeKernelOptions {
     pub pool_size: u64,
     /// How long a transfer waits for the device's response.
     pub response_timeout: Duration,
+    /// REMOVE never returns (until the fake is closed), as on the RFC kernel.
+    pub remove_deadlocks: bool,
 }
 
 impl Default for FakeKernelOptions {
@@ -85,6 +94,7 @@ impl Default for FakeKernelOptions {
             pool_base: 0x5fc0_0000,
             pool_size: 4 << 20,
             response_timeout: KERNEL_RESPONSE_TIMEOUT,
+            remove_deadlocks: true,
         }
     }
 }
@@ -108,6 +118,8 @@ pub struct FakeKernelStats {
     pub used_events: u64,
     /// Probe failures reported by the [`Prober`], by device.
     pub probe_errors: Vec<(u32, String)>,
+    /// REMOVE calls (deadlocked or not).
+    pub removes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,6 +368,12 @@ impl FakeLoopbackKernel {
         }
     }
 
+    /// The message node opened again, as by a new daemon process after the
+    /// previous one closed it (devices registered meanwhile stay).
+    pub fn reopen(&self) {
+        self.state().closed = false;
+    }
+
     /// Close the message node: a blocked reader returns 0.
     pub fn close(&self) {
         self.state().closed = true;
@@ -431,8 +449,24 @@ impl LoopbackKernel for FakeLoopbackKernel {
     }
 
     fn remove_device(&self, dev_id: u32) -> io::Result<()> {
-        if !self.state().devices.contains(&dev_id) {
-            return Err(errno(libc::ENOENT));
+        {
+            let mut st = self.state();
+            if !st.devices.contains(&dev_id) {
+                return Err(errno(libc::ENOENT));
+            }
+            st.stats.removes += 1;
+        }
+        if self.shared.opts.remove_deadlocks {
+            // The loopback lock is held for good: no transfer gets through.
+            let _held = lock(&self.shared.transfer);
+            let mut st = self.state();
+            while !st.closed {
+                st = self.shared.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "REMOVE deadlocked (until the fake was closed)",
+            ));
         }
         if let Some(r) = lock(&self.shared.remover).as_mut() {
             r(dev_id);

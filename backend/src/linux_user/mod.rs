@@ -45,7 +45,7 @@ pub use os::{
     FRAME_SIZE, IOCTL_VMSG_LB_ADD, IOCTL_VMSG_LB_REMOVE, LoopbackKernel, MsgChannel, PoolRegion,
     RealLoopback, find_pool,
 };
-pub use serve::serve_linux_user;
+pub use serve::{REMOVE_DEADLINE, serve_linux_user};
 
 use crate::instance::InstanceError;
 
@@ -95,6 +95,9 @@ pub struct LinuxUserOptions {
     /// The device tree's reserved-memory directory. Default
     /// `/proc/device-tree/reserved-memory`.
     pub reserved_memory: PathBuf,
+    /// REMOVE devices on stop and on hot-unplug. Default off: the RFC
+    /// loopback's REMOVE deadlocks inside the kernel (`serve_linux_user`).
+    pub kernel_remove: bool,
 }
 
 impl Default for LinuxUserOptions {
@@ -104,6 +107,7 @@ impl Default for LinuxUserOptions {
             channel: "/dev/virtio-msg-0".into(),
             pool_base: None,
             reserved_memory: "/proc/device-tree/reserved-memory".into(),
+            kernel_remove: false,
         }
     }
 }
@@ -140,7 +144,7 @@ impl LinuxUserBus {
             opts.control.display(),
             opts.channel.display()
         );
-        Self::with_kernel(Arc::new(kernel), base)
+        Ok(Self::with_kernel(Arc::new(kernel), base)?.with_kernel_remove(opts.kernel_remove))
     }
 }
 

@@ -41,9 +41,15 @@ impl VirtioDevice for Idle {
     fn reset(&mut self) {}
 }
 
+/// A fake RFC kernel (whose REMOVE deadlocks).
 fn fake(timeout: Duration) -> FakeLoopbackKernel {
+    fake_with(timeout, true)
+}
+
+fn fake_with(timeout: Duration, remove_deadlocks: bool) -> FakeLoopbackKernel {
     FakeLoopbackKernel::new(FakeKernelOptions {
         response_timeout: timeout,
+        remove_deadlocks,
         ..FakeKernelOptions::default()
     })
     .expect("fake kernel")
@@ -51,13 +57,19 @@ fn fake(timeout: Duration) -> FakeLoopbackKernel {
 
 struct Served {
     stop: StopSignal,
+    control: crate::hotplug::DeviceControl,
     thread: Option<JoinHandle<(Result<ServeEnd, LinuxUserError>, LinuxUserStats)>>,
 }
 
 impl Served {
     fn start(k: &FakeLoopbackKernel, devs: &[u16]) -> Self {
-        let mut bus =
-            LinuxUserBus::with_kernel(k.kernel(), k.options().pool_base).expect("loopback bus");
+        Self::start_with(k, devs, false)
+    }
+
+    fn start_with(k: &FakeLoopbackKernel, devs: &[u16], kernel_remove: bool) -> Self {
+        let mut bus = LinuxUserBus::with_kernel(k.kernel(), k.options().pool_base)
+            .expect("loopback bus")
+            .with_kernel_remove(kernel_remove);
         let devices = devs
             .iter()
             .map(|&d| (d, Box::new(Idle) as Box<dyn VirtioDevice>))
@@ -73,12 +85,14 @@ impl Served {
         .expect("instance");
         let stop = StopSignal::new().expect("stop");
         let s = stop.clone();
+        let control = instance.device_control();
         let thread = std::thread::spawn(move || {
             let r = serve_linux_user(&mut instance, &mut bus, &s);
             (r, bus.stats())
         });
         Self {
             stop,
+            control,
             thread: Some(thread),
         }
     }
@@ -126,9 +140,10 @@ fn req(msg_id: u8, dev: u16, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn add_probes_then_requests_events_and_remove() {
-    let k = fake(Duration::from_secs(5));
+    // A kernel whose REMOVE works, and vmsgd allowed to call it.
+    let k = fake_with(Duration::from_secs(5), false);
     let rx = probed(&k);
-    let served = Served::start(&k, &[0, 7]);
+    let served = Served::start_with(&k, &[0, 7], true);
     // ADD ran DEVICE_INFO (64 bits, VERSION_1 + ACCESS_PLATFORM) and the probe.
     wait_probed(&rx, &[0, 7]);
     assert_eq!(k.devices(), vec![0, 7]);
@@ -153,6 +168,7 @@ fn add_probes_then_requests_events_and_remove() {
     assert_eq!(end.expect("serve"), ServeEnd::Stopped);
     // REMOVE ran (with its reset) before the instance stopped.
     assert!(k.devices().is_empty());
+    assert_eq!(k.stats().removes, 2);
     assert!(stats.acks >= 1, "{stats:?}");
     assert_eq!(stats.unanswered, 0, "{stats:?}");
     let ks = k.stats();
@@ -320,7 +336,86 @@ fn open_reports_missing_nodes() {
         channel: dir.path().join("virtio-msg-0"),
         pool_base: None,
         reserved_memory: dir.path().join("reserved-memory"),
+        kernel_remove: false,
     };
     let e = LinuxUserBus::open(&opts).expect_err("no node");
     assert!(matches!(e, LinuxUserError::Open { .. }), "{e}");
+}
+
+#[test]
+fn by_default_stop_leaves_devices_registered_and_never_calls_remove() {
+    // The RFC kernel's REMOVE deadlocks: vmsgd must not call it, and must
+    // stop at once.
+    let k = fake(Duration::from_secs(5));
+    let rx = probed(&k);
+    let served = Served::start(&k, &[0, 3]);
+    wait_probed(&rx, &[0, 3]);
+    let t0 = std::time::Instant::now();
+    let (end, _) = served.stop();
+    assert_eq!(end.expect("serve"), ServeEnd::Stopped);
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(k.devices(), vec![0, 3]);
+    assert_eq!(k.stats().removes, 0);
+}
+
+#[test]
+fn kernel_remove_on_a_deadlocking_kernel_gives_up_within_the_deadline() {
+    let k = fake(Duration::from_secs(5));
+    let rx = probed(&k);
+    let served = Served::start_with(&k, &[0, 3], true);
+    wait_probed(&rx, &[0, 3]);
+    let t0 = std::time::Instant::now();
+    let (end, _) = served.stop();
+    let took = t0.elapsed();
+    assert_eq!(end.expect("serve"), ServeEnd::Stopped);
+    assert!(took >= REMOVE_DEADLINE, "waited for REMOVE: {took:?}");
+    assert!(
+        took < REMOVE_DEADLINE + Duration::from_millis(500),
+        "{took:?}"
+    );
+    // The first REMOVE is stuck in the kernel; the second was never issued.
+    assert_eq!(k.stats().removes, 1);
+    // Free the stuck thread.
+    k.close();
+}
+
+#[test]
+fn hot_added_devices_are_added_to_the_kernel() {
+    let k = fake(Duration::from_secs(5));
+    let rx = probed(&k);
+    let served = Served::start(&k, &[0]);
+    wait_probed(&rx, &[0]);
+    served
+        .control
+        .add(5, Box::new(Idle))
+        .wait(Duration::from_secs(5))
+        .expect("instance applied the change");
+    // The registrar ADDs it; the kernel probes it while the instance serves.
+    wait_probed(&rx, &[5]);
+    assert_eq!(k.devices(), vec![0, 5]);
+    let r = k
+        .transfer(&req(0x07, 5, &[]))
+        .expect("GET_DEVICE_STATUS")
+        .expect("a response");
+    assert_eq!(&r[..4], &[0x01, 0x07, 5, 0]);
+    let (end, _) = served.stop();
+    end.expect("serve");
+    assert_eq!(k.stats().removes, 0);
+}
+
+#[test]
+fn a_device_left_by_an_earlier_run_is_not_removed_without_kernel_remove() {
+    let k = fake(Duration::from_secs(5));
+    let rx = probed(&k);
+    let first = Served::start(&k, &[2]);
+    wait_probed(&rx, &[2]);
+    let (end, _) = first.stop();
+    end.expect("serve");
+    // A second run: ADD says EEXIST; replacing it would need REMOVE.
+    k.reopen();
+    let second = Served::start(&k, &[2]);
+    let (end, _) = second.stop();
+    end.expect("serve");
+    assert_eq!(k.stats().removes, 0);
+    assert_eq!(k.devices(), vec![2]);
 }

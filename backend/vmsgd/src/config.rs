@@ -139,6 +139,10 @@ pub enum BusConfig {
         reserved_memory: PathBuf,
         /// Physical base of the pool, if the device tree does not say.
         pool_base: Option<u64>,
+        /// Ask the kernel to REMOVE the devices on stop. Off by default: the
+        /// RFC loopback's REMOVE deadlocks inside the kernel.
+        #[serde(default)]
+        kernel_remove: bool,
     },
     /// The Xen bus: vmsgd in dom0 serves the Xen domain named like the
     /// guest over grants, an event channel and xenstore
@@ -883,12 +887,14 @@ rate_limit = 4096
                 control,
                 channel,
                 pool_base,
+                kernel_remove,
                 ..
             } => {
                 assert_eq!(*profile, ProfileName::Rfc2);
                 assert_eq!(control, Path::new("/dev/virtio-msg-lb"));
                 assert_eq!(channel, Path::new("/dev/virtio-msg-0"));
                 assert_eq!(*pool_base, Some(0x5fc0_0000));
+                assert!(!kernel_remove, "REMOVE deadlocks on the RFC kernel");
             }
             other => panic!("{other:?}"),
         }

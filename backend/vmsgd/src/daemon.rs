@@ -131,6 +131,7 @@ pub fn build_device(
                 queue_size: *queue_size,
                 serial: serial.clone(),
                 writeback: *writeback,
+                bounce: false,
             };
             Box::new(
                 BlkDevice::new(format!("{guest}/blk{dev_num}"), &blk).map_err(|source| {
@@ -258,6 +259,7 @@ impl Daemon {
                     channel,
                     reserved_memory,
                     pool_base,
+                    kernel_remove,
                     ..
                 } => {
                     let opts = LinuxUserOptions {
@@ -265,6 +267,7 @@ impl Daemon {
                         channel: channel.clone(),
                         pool_base: *pool_base,
                         reserved_memory: reserved_memory.clone(),
+                        kernel_remove: *kernel_remove,
                     };
                     let bus =
                         LinuxUserBus::open(&opts).map_err(|source| DaemonError::LinuxUser {

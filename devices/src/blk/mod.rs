@@ -85,6 +85,11 @@ pub struct BlkConfig {
     pub serial: String,
     /// Initial cache mode: writeback (`true`) or writethrough.
     pub writeback: bool,
+    /// Copy every read and write through a buffer of the daemon's instead
+    /// of handing guest memory to the kernel: for guest memory the kernel
+    /// cannot pin (the Linux loopback's pool is a PFN mapping; O_DIRECT and
+    /// zero-copy file systems such as 9p fail on it with EFAULT).
+    pub bounce: bool,
 }
 
 impl Default for BlkConfig {
@@ -98,6 +103,7 @@ impl Default for BlkConfig {
             queue_size: 256,
             serial: String::new(),
             writeback: true,
+            bounce: false,
         }
     }
 }
@@ -256,6 +262,7 @@ impl BlkDevice {
             DiskOptions {
                 read_only: cfg.read_only,
                 direct: cfg.direct,
+                bounce: cfg.bounce,
             },
         )?);
         let depth = u32::from(cfg.num_queues) * u32::from(cfg.queue_size);

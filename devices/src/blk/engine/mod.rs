@@ -51,6 +51,8 @@
 //!   block). One whose *memory* is misaligned is bounced through an aligned
 //!   buffer, up to [`BOUNCE_BUDGET`] bytes in flight per engine; beyond that
 //!   it fails with ENOMEM.
+//! - With [`DiskOptions::bounce`] every read and write is bounced that way
+//!   (guest memory the kernel cannot pin for I/O).
 
 use std::alloc::Layout;
 use std::fs::{File, OpenOptions};
@@ -130,6 +132,9 @@ pub struct DiskOptions {
     pub read_only: bool,
     /// Bypass the host page cache (`O_DIRECT`).
     pub direct: bool,
+    /// Bounce every read and write through a buffer of ours: the guest's
+    /// memory cannot be pinned by the kernel (a PFN mapping).
+    pub bounce: bool,
 }
 
 /// What the device model needs to know about a disk.
@@ -159,6 +164,8 @@ pub struct Disk {
     path: PathBuf,
     info: DiskInfo,
     direct: bool,
+    /// Bounce every read and write.
+    bounce: bool,
     /// Alignment O_DIRECT needs for memory buffers.
     mem_align: usize,
     /// Cleared once the file system refused `PUNCH_HOLE`.
@@ -238,6 +245,7 @@ impl Disk {
             file,
             path,
             direct: opts.direct,
+            bounce: opts.bounce,
             mem_align: info.logical_block_size as usize,
             info,
             punch_hole: AtomicBool::new(true),
@@ -560,7 +568,8 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// A bounce buffer standing in for misaligned memory under O_DIRECT.
+/// A bounce buffer standing in for misaligned memory under O_DIRECT, or for
+/// memory the kernel cannot pin.
 #[derive(Debug)]
 struct Bounce {
     buf: AlignedBuf,
@@ -589,7 +598,8 @@ impl Bounce {
 }
 
 /// Under O_DIRECT, check a read or write's alignment and bounce misaligned
-/// memory. `budget` counts bounce bytes in flight.
+/// memory; with [`DiskOptions::bounce`], bounce all of it. `budget` counts
+/// bounce bytes in flight.
 ///
 /// # Safety
 ///
@@ -599,7 +609,7 @@ unsafe fn prepare_direct(
     op: &mut Op,
     budget: &mut usize,
 ) -> io::Result<Option<Bounce>> {
-    if !disk.direct {
+    if !disk.direct && !disk.bounce {
         return Ok(None);
     }
     let lbs = u64::from(disk.info.logical_block_size);
@@ -609,10 +619,10 @@ unsafe fn prepare_direct(
         _ => return Ok(None),
     };
     let total = iov.total_len();
-    if offset % lbs != 0 || total % lbs != 0 {
+    if disk.direct && (offset % lbs != 0 || total % lbs != 0) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    if iov.is_aligned(disk.mem_align) {
+    if !disk.bounce && iov.is_aligned(disk.mem_align) {
         return Ok(None);
     }
     let len = usize::try_from(total).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;

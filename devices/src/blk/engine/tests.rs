@@ -13,7 +13,17 @@ fn temp_file(size: u64) -> tempfile::NamedTempFile {
 }
 
 fn open(path: &Path, read_only: bool, direct: bool) -> Arc<Disk> {
-    Arc::new(Disk::open(path, DiskOptions { read_only, direct }).expect("open disk"))
+    Arc::new(
+        Disk::open(
+            path,
+            DiskOptions {
+                read_only,
+                direct,
+                bounce: false,
+            },
+        )
+        .expect("open disk"),
+    )
 }
 
 fn both(disk: &Arc<Disk>) -> Vec<Box<dyn BlockEngine>> {
@@ -419,4 +429,63 @@ fn io_uring_signals_its_eventfd() {
     p.revents = 0;
     // SAFETY: as above.
     assert_eq!(unsafe { libc::poll(&mut p, 1, 0) }, 0);
+}
+
+#[test]
+fn bounce_copies_every_read_and_write_through_a_buffer_of_ours() {
+    let f = temp_file(1 << 20);
+    let disk = Arc::new(
+        Disk::open(
+            f.path(),
+            DiskOptions {
+                read_only: false,
+                direct: false,
+                bounce: true,
+            },
+        )
+        .expect("open disk"),
+    );
+    // Even aligned memory is replaced by a bounce buffer: the kernel never
+    // gets the guest's addresses.
+    let mut guest = AlignedBuf::new(8192, 4096).expect("buf");
+    let guest_ptr = guest.as_mut_ptr();
+    let mut op = Op::Write {
+        offset: 0,
+        iov: IoVecs::from_buf(&mut guest),
+    };
+    let mut budget = 0;
+    // SAFETY: `guest` outlives the op.
+    let b = unsafe { prepare_direct(&disk, &mut op, &mut budget) }
+        .expect("prepared")
+        .expect("bounced");
+    assert_eq!(budget, 8192);
+    let Op::Write { iov, .. } = &op else {
+        panic!("op changed kind")
+    };
+    assert!(
+        iov.as_slice()
+            .iter()
+            .all(|v| v.iov_base.cast::<u8>() != guest_ptr)
+    );
+    drop(b);
+
+    for mut engine in both(&disk) {
+        let src = pattern(3 * 512 + 100, 5);
+        let mut w = AlignedBuf::new(src.len(), 64).expect("buf");
+        w.as_mut_slice().copy_from_slice(&src);
+        let op = Op::Write {
+            offset: 4096,
+            iov: IoVecs::from_buf(&mut w),
+        };
+        // SAFETY: `w` outlives the request.
+        unsafe { run(engine.as_mut(), vec![op]) }.expect("bounced write");
+        let mut r = AlignedBuf::new(src.len(), 64).expect("buf");
+        let op = Op::Read {
+            offset: 4096,
+            iov: IoVecs::from_buf(&mut r),
+        };
+        // SAFETY: `r` outlives the request.
+        unsafe { run(engine.as_mut(), vec![op]) }.expect("bounced read");
+        assert_eq!(r.as_slice(), src.as_slice(), "{}", engine.name());
+    }
 }

@@ -249,6 +249,7 @@ fn direct(
         DiskOptions {
             read_only: false,
             direct: o_direct,
+            bounce: false,
         },
     )?);
     let engine: RefCell<Box<dyn BlockEngine>> =
