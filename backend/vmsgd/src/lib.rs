@@ -5,6 +5,8 @@
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod devices;
+pub mod error;
 pub mod logging;
 pub mod reload;
 pub mod xen;
