@@ -19,8 +19,6 @@
 //!   implementing `vmsg_backend::bus::Bus`) and the domU side
 //!   ([`bus::XenFrontend`] implementing `vmsg_driver::DriverBus`), generic
 //!   over the handle traits (`docs/xen-bus.md` is the binding).
-//! - [`bench`](mod@bench): the benchmark hook (Xen bus vs local bus round trip, grant
-//!   cache hit rate).
 //! - [`fake`]: a fake Xen (memfd RAM, grant table, eventfd event channels,
 //!   fault injection) and an in-memory xenstored with the real permission
 //!   model, served over the same wire protocol, for tests.
@@ -32,7 +30,6 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod bench;
 pub mod bindings;
 pub mod bus;
 pub mod evtchn;
