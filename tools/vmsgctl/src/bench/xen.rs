@@ -55,6 +55,8 @@ use vmsg_xen::DomId;
 use vmsg_xen::bus::{BackendConfig, FrontendOptions, XenBackend, XenBusError, XenFrontend};
 use vmsg_xen::fake::FakeXen;
 
+use super::XenArgs;
+
 /// Errors of the benchmark.
 #[derive(Debug, Error)]
 pub enum BenchError {
@@ -863,22 +865,6 @@ pub fn run_blk(
 
 // `vmsgctl bench xen` (formerly vmsg-xen's `bench` example): the devices
 // and the printing.
-
-/// Options of `vmsgctl bench xen`.
-#[derive(Debug, clap::Args)]
-pub struct XenArgs {
-    /// PING round trips per bus (default 20000).
-    pub iters: Option<usize>,
-    /// rng reads of 4 KiB over the Xen bus (default 2000).
-    pub reads: Option<usize>,
-    /// Measured seconds of the blk workload per bus and queue depth
-    /// (default 2; 0 skips it).
-    #[arg(long, value_name = "S", allow_negative_numbers = true)]
-    pub blk_secs: Option<f64>,
-    /// Size of the blk workload's image in MiB (default 64).
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub blk_mib: Option<f64>,
-}
 
 const RNG_DEV: u16 = 1;
 const BLK_DEV: u16 = 2;
