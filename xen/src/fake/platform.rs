@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use super::{FakeDomain, FakeEvtchn, FakeGntalloc, FakeGntdev, FakePrivcmd};
-use crate::bus::{BackendPlatform, FrontendPlatform, XenBusError, XenPlatform};
+use crate::bus::{BackendPlatform, FrontendPlatform, XenBackend, XenBus, XenBusError, XenPlatform};
 use crate::sys::owned_region;
 use crate::xenstore::XsClient;
 
@@ -66,3 +66,11 @@ impl FrontendPlatform for FakeDomain {
             .map_err(|e| XenBusError::Config(format!("fake RAM: {e}")))
     }
 }
+
+// Tests hand the backend and its bus to a per-guest thread, as the daemon
+// does on real Xen.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<XenBackend<FakeDomain>>();
+    assert_send::<XenBus<'static, FakeDomain>>();
+};
