@@ -9,12 +9,14 @@
 //! - [`local`]: the built-in local bus (Unix socket + memfd + eventfds).
 //! - [`linux_user`]: the Linux RFC loopback bus (`/dev/virtio-msg-lb`,
 //!   `/dev/virtio-msg-N`): devices for the kernel vmsgd runs on.
-//! - [`fake`]: an in-memory bus for tests and fuzzing.
+//! - `fake` (tests, or feature `fake`): an in-memory bus for tests and
+//!   fuzzing; not in the daemon.
 //!
 //! See `docs/architecture.md` for the whole picture.
 
 pub mod bus;
 pub mod device;
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod hotplug;
 pub mod instance;

@@ -28,18 +28,27 @@ elapsed() { echo "$(($(date +%s) - t0))s"; }
 log "fetched ($(elapsed))"
 
 # Static x86_64 binaries, built in their own target directory so that the
-# crt-static flags never mix with the workspace's normal builds.
+# crt-static flags never mix with the workspace's normal builds. vmsgd is
+# built on its own, as a packager builds it: built together with the
+# examples it would get vmsg-xen with their features (the fakes, the
+# frontend), which the daemon never has.
 target=x86_64-unknown-linux-gnu
 tdir="$repo/target/xen-qemu"
-what=(-p vmsg-xen --example domu-frontend --example foreign-probe)
+examples=(-p vmsg-xen --example domu-frontend --example foreign-probe)
+daemon=()
 case "$server" in
-example) what+=(--example dom0-serve) ;;
-vmsgd-watch | xl-hook) what+=(-p vmsgd --bin vmsgd) ;;
+example) examples+=(--example dom0-serve) ;;
+vmsgd-watch | xl-hook) daemon=(-p vmsgd --bin vmsgd) ;;
 *) die "unknown SERVER $server (vmsgd-watch, xl-hook, example)" ;;
 esac
-(cd "$repo" && CARGO_TARGET_DIR="$tdir" RUSTFLAGS="-C target-feature=+crt-static" \
-    timeout 1800 cargo build --quiet --release --target "$target" "${what[@]}") \
-    || die "building the static binaries failed"
+static_build() {
+    (cd "$repo" && CARGO_TARGET_DIR="$tdir" RUSTFLAGS="-C target-feature=+crt-static" \
+        timeout 1800 cargo build --quiet --release --target "$target" "$@")
+}
+static_build "${examples[@]}" || die "building the static examples failed"
+if [ ${#daemon[@]} -gt 0 ]; then
+    static_build "${daemon[@]}" || die "building the static vmsgd failed"
+fi
 bin="$tdir/$target/release"
 bins="$CACHE/bin-$server"
 rm -rf "$bins" && mkdir -p "$bins"

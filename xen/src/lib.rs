@@ -16,14 +16,17 @@
 //!   `1 << 63 | gref << 12`) or foreign frames (foreign mode) as
 //!   `vm-memory` regions, the grant cache and the frontend's grant pool.
 //! - [`bus`]: the Xen bus: the dom0 side ([`bus::XenBackend`], [`bus::XenBus`]
-//!   implementing `vmsg_backend::bus::Bus`) and the domU side
-//!   ([`bus::XenFrontend`] implementing `vmsg_driver::DriverBus`), generic
-//!   over the handle traits (`docs/xen-bus.md` is the binding).
-//! - [`bench`](mod@bench): the benchmark hook (Xen bus vs local bus round trip, grant
-//!   cache hit rate).
-//! - [`fake`]: a fake Xen (memfd RAM, grant table, eventfd event channels,
-//!   fault injection) and an in-memory xenstored with the real permission
-//!   model, served over the same wire protocol, for tests.
+//!   implementing `vmsg_backend::bus::Bus`) and, with the feature
+//!   `frontend`, the domU side (`bus::XenFrontend` implementing
+//!   `vmsg_driver::DriverBus`), generic over the handle traits
+//!   (`docs/xen-bus.md` is the binding).
+//! - `fake` (feature `fake`): a fake Xen (memfd RAM, grant table, eventfd
+//!   event channels, fault injection) and an in-memory xenstored with the
+//!   real permission model, served over the same wire protocol, for tests
+//!   and tools.
+//!
+//! The daemon builds this crate without features: no fake and no
+//! driver-side code in dom0 (docs/architecture.md, "Layering").
 //!
 //! Only 64-bit Linux with 4 KiB pages (x86_64, arm64) is supported; the
 //! device nodes exist only in a Xen domain, so the handles are exercised for
@@ -32,10 +35,10 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod bench;
 pub mod bindings;
 pub mod bus;
 pub mod evtchn;
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod gntalloc;
 pub mod gntdev;

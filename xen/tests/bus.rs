@@ -204,25 +204,6 @@ fn xenstore_layout_and_permissions() {
 }
 
 #[test]
-fn bench_hook_measures_both_buses_and_the_grant_cache() {
-    let opts = vmsg_xen::bench::BenchOptions {
-        iters: 300,
-        reads: 50,
-        read_len: 4096,
-    };
-    let report = vmsg_xen::bench::run(&opts, &mut rng_devices, RNG_DEV).unwrap();
-    assert_eq!(report.local_ping.rtts.len(), 300);
-    assert_eq!(report.xen_ping.rtts.len(), 300);
-    assert!(report.ratio() > 0.0);
-    let g = report.grants;
-    assert_eq!(g.map_ops_at_connect, 2, "ring + pool");
-    assert_eq!(g.grants_mapped_at_connect, 257);
-    assert_eq!(g.map_ops_during, 0, "no grant mapped on the I/O path");
-    assert_eq!(g.hit_rate, 1.0);
-    assert_eq!(g.page_refs, 50 * 4);
-}
-
-#[test]
 fn event_device_is_carried_in_band_and_mirrored_in_xenstore() {
     use vmsg_backend::bus::Bus;
     use vmsg_xen::bus::{Accept, XenBackend};

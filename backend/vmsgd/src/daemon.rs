@@ -9,142 +9,17 @@ use std::thread::JoinHandle;
 
 use log::{error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use thiserror::Error;
-use vmsg_backend::device::VirtioDevice;
 use vmsg_backend::hotplug::DeviceControl;
 use vmsg_backend::instance::{
-    DeviceList, GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
+    GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
 };
-use vmsg_backend::linux_user::{LinuxUserBus, LinuxUserError, LinuxUserOptions, serve_linux_user};
-use vmsg_backend::local::{LocalBusError, LocalBusListener, LocalServerOptions};
-use vmsg_devices::blk::{BlkConfig, BlkDevice, BlkError};
-use vmsg_devices::rng::{HostEntropy, RngDevice, RngError};
+use vmsg_backend::linux_user::{LinuxUserBus, LinuxUserOptions, serve_linux_user};
+use vmsg_backend::local::{LocalBusListener, LocalServerOptions};
 
-use crate::config::{BusConfig, Config, DeviceConfig, GuestConfig};
+use crate::config::{BusConfig, Config, GuestConfig};
+use crate::devices::build_devices;
+pub use crate::error::DaemonError;
 use crate::reload::{ReloadError, reload_guest};
-
-/// Errors starting or running the daemon.
-#[derive(Debug, Error)]
-pub enum DaemonError {
-    /// An rng device could not be created.
-    #[error("guest {guest}: device {dev_num} ({kind}): {source}")]
-    Device {
-        guest: String,
-        dev_num: u16,
-        kind: &'static str,
-        #[source]
-        source: RngError,
-    },
-    /// A block device could not be created (image not openable, io_uring
-    /// unavailable, bad geometry).
-    #[error("guest {guest}: device {dev_num} (blk): {source}")]
-    Blk {
-        guest: String,
-        dev_num: u16,
-        #[source]
-        source: BlkError,
-    },
-    /// The guest's bus could not be set up.
-    #[error("guest {guest}: bus socket {path}: {source}")]
-    Bus {
-        guest: String,
-        path: PathBuf,
-        #[source]
-        source: LocalBusError,
-    },
-    /// The Linux loopback bus could not be opened or failed.
-    #[error("guest {guest}: Linux loopback bus {path}: {source}")]
-    LinuxUser {
-        guest: String,
-        path: PathBuf,
-        #[source]
-        source: LinuxUserError,
-    },
-    /// The instance could not be created or failed.
-    #[error("guest {guest}: {source}")]
-    Instance {
-        guest: String,
-        #[source]
-        source: InstanceError,
-    },
-    /// A Xen guest in the main configuration: Xen domains are served one
-    /// process each, by `vmsgd watch` or `vmsgd run --domain`.
-    #[error(
-        "guest {guest}: Xen guests are served by `vmsgd watch` (or `vmsgd run --domain {guest}`) from /etc/vmsgd/domains/{guest}.toml, not by --config"
-    )]
-    XenGuest { guest: String },
-    /// A guest thread could not be started.
-    #[error("guest {guest}: spawning its thread: {source}")]
-    Spawn {
-        guest: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Build the device models of one guest.
-pub fn build_devices(guest: &GuestConfig) -> Result<DeviceList, DaemonError> {
-    guest
-        .devices
-        .iter()
-        .map(|(dev_num, cfg)| Ok((*dev_num, build_device(&guest.name, *dev_num, cfg)?)))
-        .collect()
-}
-
-/// Build the model of device `dev_num` of guest `guest`.
-pub fn build_device(
-    guest: &str,
-    dev_num: u16,
-    cfg: &DeviceConfig,
-) -> Result<Box<dyn VirtioDevice>, DaemonError> {
-    Ok(match cfg {
-        DeviceConfig::Rng { rate_limit, .. } => Box::new(
-            RngDevice::new(
-                format!("{guest}/rng{dev_num}"),
-                Box::new(HostEntropy),
-                *rate_limit,
-            )
-            .map_err(|source| DaemonError::Device {
-                guest: guest.to_string(),
-                dev_num,
-                kind: cfg.kind(),
-                source,
-            })?,
-        ),
-        DeviceConfig::Blk {
-            path,
-            read_only,
-            direct,
-            engine,
-            num_queues,
-            queue_size,
-            serial,
-            writeback,
-            ..
-        } => {
-            let blk = BlkConfig {
-                path: path.clone(),
-                read_only: *read_only,
-                direct: *direct,
-                engine: (*engine).into(),
-                num_queues: *num_queues,
-                queue_size: *queue_size,
-                serial: serial.clone(),
-                writeback: *writeback,
-                bounce: false,
-            };
-            Box::new(
-                BlkDevice::new(format!("{guest}/blk{dev_num}"), &blk).map_err(|source| {
-                    DaemonError::Blk {
-                        guest: guest.to_string(),
-                        dev_num,
-                        source,
-                    }
-                })?,
-            )
-        }
-    })
-}
 
 /// The bus a guest is served on.
 enum GuestBus {
@@ -431,49 +306,5 @@ fn serve_local(
             Ok(ServeEnd::Disconnected) => info!("guest {guest}: driver disconnected"),
             Err(e) => warn!("guest {guest}: connection ended: {e}"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    fn guest(text: &str) -> GuestConfig {
-        let cfg = Config::parse_offline(Path::new("test.toml"), text).expect("valid config");
-        cfg.guests.into_iter().next().expect("one guest")
-    }
-
-    #[test]
-    fn builds_rng_and_blk_devices() {
-        let img = tempfile::NamedTempFile::new().expect("image");
-        img.as_file().set_len(1 << 20).expect("size");
-        let g = guest(&format!(
-            "[[guest]]\nname = \"g\"\nbus = {{ kind = \"local\", socket = \"/s\" }}\n[[guest.device]]\nkind = \"rng\"\n[[guest.device]]\nkind = \"blk\"\npath = \"{}\"\nnum_queues = 3\nengine = \"sync\"\n",
-            img.path().display()
-        ));
-        let devices = build_devices(&g).expect("devices");
-        let kinds: Vec<(u16, u32, usize)> = devices
-            .iter()
-            .map(|(n, d)| (*n, d.device_type(), d.queue_max_sizes().len()))
-            .collect();
-        assert_eq!(kinds, vec![(0, 4, 1), (1, 2, 3)]);
-    }
-
-    #[test]
-    fn blk_open_failure_names_guest_and_device() {
-        let dir = tempfile::tempdir().expect("dir");
-        let g = guest(&format!(
-            "[[guest]]\nname = \"g\"\nbus = {{ kind = \"local\", socket = \"/s\" }}\n[[guest.device]]\nkind = \"blk\"\ndev_num = 7\npath = \"{}\"\n",
-            dir.path().join("gone.img").display()
-        ));
-        let Err(err) = build_devices(&g) else {
-            panic!("built a device on an image that does not exist");
-        };
-        let text = err.to_string();
-        assert!(matches!(err, DaemonError::Blk { dev_num: 7, .. }), "{text}");
-        assert!(text.contains("guest g: device 7 (blk)"), "{text}");
-        assert!(text.contains("gone.img"), "{text}");
     }
 }

@@ -1,10 +1,13 @@
-//! The vmsgd daemon as a library: configuration, logging, running guests and
-//! the quickstart demo. The `vmsgd` binary is a thin CLI over it, and
-//! `vmsgctl` embeds it to test a daemon it starts itself.
+//! The vmsgd daemon as a library: configuration, logging, building devices,
+//! running guests, reloads, Xen domains. The `vmsgd` binary
+//! (`src/bin/vmsgd/`) is a thin CLI over it plus the quickstart demo, and
+//! `vmsgctl` embeds it to test a daemon it starts itself. The library does
+//! not use the driver side (`vmsg-driver`); only the binary's demo does.
 
 pub mod config;
 pub mod daemon;
-pub mod demo;
+pub mod devices;
+pub mod error;
 pub mod logging;
 pub mod reload;
 pub mod xen;

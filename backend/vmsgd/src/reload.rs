@@ -16,7 +16,8 @@ use vmsg_backend::device::VirtioDevice;
 use vmsg_backend::hotplug::{DeviceControl, PendingChange};
 
 use crate::config::{BusConfig, DeviceConfig, GuestConfig};
-use crate::daemon::{DaemonError, build_device};
+use crate::devices::build_device;
+use crate::error::DaemonError;
 
 /// Why a guest's reload was not applied.
 #[derive(Debug, Error)]
@@ -107,7 +108,7 @@ pub fn reload_guest(
     let built = plan
         .add
         .iter()
-        .map(|(n, cfg)| Ok((*n, build_device(&new.name, *n, cfg)?)))
+        .map(|(n, cfg)| Ok((*n, build_device(new, *n, cfg)?)))
         .collect::<Result<Vec<(u16, Box<dyn VirtioDevice>)>, DaemonError>>()
         .map_err(ReloadError::Device)?;
     info!(
@@ -160,7 +161,7 @@ mod tests {
             "[[guest.device]]\nkind = \"blk\"\ndev_num = 2\npath = \"{}\"\n",
             missing.display()
         ));
-        let devices = crate::daemon::build_devices(&old).expect("devices");
+        let devices = crate::devices::build_devices(&old).expect("devices");
         let mut instance =
             GuestInstance::new("g", InstanceOptions::default(), devices).expect("instance");
         let result = reload_guest(&instance.device_control(), &old, &new);
@@ -188,7 +189,7 @@ mod tests {
         let instance = vmsg_backend::instance::GuestInstance::new(
             "g",
             Default::default(),
-            crate::daemon::build_devices(&old).expect("devices"),
+            crate::devices::build_devices(&old).expect("devices"),
         )
         .expect("instance");
         let both = on_lb(&format!("{RNG1}{RNG2}"));

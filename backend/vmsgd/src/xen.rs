@@ -45,7 +45,8 @@ use vmsg_xen::xenstore::{XsClient, XsError, XsOps, XsStream};
 use vmsg_xen::{DomId, XenEvtchn, XenGntdev, XenPrivcmd};
 
 use crate::config::{BusConfig, Config, ConfigError, GuestConfig, XenMemoryMode};
-use crate::daemon::{DaemonError, build_devices};
+use crate::devices::build_devices;
+use crate::error::DaemonError;
 
 /// Where `vmsgd run` and `vmsgd watch` look for domain files by default.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/vmsgd/domains";

@@ -2,6 +2,9 @@
 //! binary on a config file, the spec-derived driver over the local bus.
 
 mod common;
+// The demo's disk pattern (the `vmsgd` binary's demo module).
+#[path = "../src/bin/vmsgd/demo/pattern.rs"]
+mod pattern;
 
 use std::os::unix::fs::FileExt;
 use std::process::Command;
@@ -291,12 +294,12 @@ num_queues = 2
     // Each guest's image holds what its driver wrote (the demo pattern,
     // its first sectors zeroed again by WRITE_ZEROES).
     let len = (2 * MIB) as usize;
-    let want = vmsgd::demo::disk_pattern(vmsgd::demo::DISK_SECTOR, len);
-    let skip = (vmsgd::demo::ZEROED_SECTORS * 512) as usize;
+    let want = pattern::disk_pattern(pattern::DISK_SECTOR, len);
+    let skip = (pattern::ZEROED_SECTORS * 512) as usize;
     for name in ["a", "b"] {
         let f = std::fs::File::open(daemon.path(&format!("{name}.img"))).expect("image");
         let mut got = vec![0u8; len];
-        f.read_exact_at(&mut got, vmsgd::demo::DISK_SECTOR * 512)
+        f.read_exact_at(&mut got, pattern::DISK_SECTOR * 512)
             .expect("read image");
         assert!(got[..skip].iter().all(|&b| b == 0), "{name}: zeroed range");
         assert!(

@@ -271,8 +271,8 @@ impl BlkDevice {
     }
 
     /// Build the device on an engine the caller made (tests use
-    /// [`engine::FakeEngine`]). `cfg.path`, `direct` and `engine` are
-    /// ignored.
+    /// `engine::FakeEngine`, feature `fake`). `cfg.path`, `direct` and
+    /// `engine` are ignored.
     pub fn with_engine(
         name: impl Into<String>,
         cfg: &BlkConfig,

@@ -8,15 +8,22 @@
 //!
 //! `blk`: virtio-blk I/O through the whole stack against the same I/O issued
 //! directly on the same image file (see [`blk`]).
+//!
+//! `xen`: the Xen bus (fake hypervisor) against the local bus: PING round
+//! trip, virtio-blk random reads, grant cache hit rate (`xen.rs`). It links
+//! vmsg-xen's fake hypervisor and domU frontend, so it is built only with the
+//! feature `xen-bench` (and for the tests).
 
 mod blk;
+#[cfg(any(test, feature = "xen-bench"))]
+mod xen;
 
 use std::alloc::Layout;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use vmm_sys_util::eventfd::EventFd;
 use vmsg_driver::Driver;
 use vmsg_transport::ring::{self, RingParams, Role, SharedRegion};
@@ -35,6 +42,10 @@ pub enum BenchCommand {
     /// virtio-blk through driver, bus and daemon vs the same I/O directly
     /// on the image (same engine, same queue depth).
     Blk(blk::BlkArgs),
+    /// The Xen bus over the fake hypervisor vs the local bus in the same
+    /// run: PING round trip, virtio-blk 4 KiB random-read IOPS at QD1 and
+    /// QD16, grant cache hit rate.
+    Xen(XenArgs),
 }
 
 /// Run a benchmark.
@@ -42,7 +53,38 @@ pub fn run(which: &BenchCommand) -> Result<ExitCode, AnyError> {
     match which {
         BenchCommand::Rtt { iters } => rtt(*iters),
         BenchCommand::Blk(args) => blk::run(args),
+        BenchCommand::Xen(args) => xen_bench(args),
     }
+}
+
+/// Options of `vmsgctl bench xen`.
+#[derive(Debug, Args)]
+pub struct XenArgs {
+    /// PING round trips per bus (default 20000).
+    pub iters: Option<usize>,
+    /// rng reads of 4 KiB over the Xen bus (default 2000).
+    pub reads: Option<usize>,
+    /// Measured seconds of the blk workload per bus and queue depth
+    /// (default 2; 0 skips it).
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    pub blk_secs: Option<f64>,
+    /// Size of the blk workload's image in MiB (default 64).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub blk_mib: Option<f64>,
+}
+
+#[cfg(any(test, feature = "xen-bench"))]
+fn xen_bench(args: &XenArgs) -> Result<ExitCode, AnyError> {
+    Ok(xen::command(args))
+}
+
+#[cfg(not(any(test, feature = "xen-bench")))]
+fn xen_bench(_: &XenArgs) -> Result<ExitCode, AnyError> {
+    Err(
+        "`bench xen` runs vmsg-xen's fake hypervisor, which this vmsgctl was built without: \
+         cargo run --release -p vmsgctl --features xen-bench -- bench xen"
+            .into(),
+    )
 }
 
 /// Round-trip times of one measurement.

@@ -8,17 +8,18 @@
 //!   event channel, yielding a [`XenBus`] that implements
 //!   `vmsg_backend::bus::Bus` for a `GuestInstance`. [`XenBackend::run`]
 //!   serves connection after connection until the domain dies.
-//! - [`XenFrontend`]: the domU side, implementing `vmsg_driver::DriverBus`:
-//!   shares a ring and a grant pool with gntalloc, allocates an unbound
-//!   event channel, publishes them and walks the states.
+//! - `XenFrontend` (feature `frontend`): the domU side, implementing
+//!   `vmsg_driver::DriverBus`: shares a ring and a grant pool with gntalloc,
+//!   allocates an unbound event channel, publishes them and walks the states.
 //! - [`platform`]: where the handles come from ([`BackendPlatform`],
 //!   [`FrontendPlatform`]): the real `/dev/xen/*` nodes ([`XenHost`]) or a
-//!   fake domain.
+//!   fake domain (feature `fake`).
 //!
 //! Everything is generic over the handle traits, so the same code runs on
 //! the fakes in tests and on real Xen.
 
 mod backend;
+#[cfg(feature = "frontend")]
 mod frontend;
 pub mod platform;
 
@@ -38,6 +39,7 @@ use crate::{DOMID_0, DomId};
 pub use backend::{
     Accept, BackendConfig, BackendStats, MemoryConfig, RunEnd, StatsHandle, XenBackend, XenBus,
 };
+#[cfg(feature = "frontend")]
 pub use frontend::{FrontendOptions, SharedXs, XenFrontend};
 pub use platform::{BackendPlatform, FrontendPlatform, XenHost, XenPlatform};
 

@@ -1,20 +1,18 @@
 //! Where the Xen bus gets its handles from: the real device nodes
-//! ([`XenHost`]) or a fake domain ([`crate::fake::FakeDomain`]).
+//! ([`XenHost`]) or, with the feature `fake`, a fake domain (`FakeDomain`,
+//! whose platform impls are in `crate::fake::platform`).
 
 use std::fmt;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::XenBusError;
 use crate::evtchn::{EventChannels, XenEvtchn};
-use crate::fake::{FakeDomain, FakeEvtchn, FakeGntalloc, FakeGntdev, FakePrivcmd};
 use crate::gntalloc::{GrantSharer, XenGntalloc};
 use crate::gntdev::{GrantMapper, XenGntdev};
 use crate::privcmd::{ForeignMapper, XenPrivcmd};
-use crate::sys::owned_region;
 use crate::xenstore::{XsClient, XsStream};
 
 /// What both sides of the bus open.
@@ -56,10 +54,6 @@ pub trait FrontendPlatform: XenPlatform {
     /// The domain's RAM as a driver addresses it in foreign mode (guest
     /// physical addresses), if this platform can provide it.
     fn foreign_ram(&self) -> Result<GuestMemoryMmap<()>, XenBusError>;
-}
-
-fn os(op: &'static str) -> impl FnOnce(std::io::Error) -> XenBusError {
-    move |source| XenBusError::Os { op, source }
 }
 
 /// The real `/dev/xen/*` nodes and xenstored.
@@ -105,59 +99,6 @@ impl FrontendPlatform for XenHost {
              frontend cannot get without pinning and /proc/self/pagemap (not implemented)"
                 .into(),
         ))
-    }
-}
-
-impl XenPlatform for FakeDomain {
-    type Evtchn = FakeEvtchn;
-    type Xs = UnixStream;
-
-    fn open_evtchn(&self) -> Result<FakeEvtchn, XenBusError> {
-        self.evtchn().map_err(os("open fake evtchn"))
-    }
-
-    fn open_xenstore(&self) -> Result<XsClient<UnixStream>, XenBusError> {
-        self.xenstore().map_err(|e| XenBusError::Os {
-            op: "connect fake xenstored",
-            source: std::io::Error::other(e.to_string()),
-        })
-    }
-}
-
-impl BackendPlatform for FakeDomain {
-    type Gntdev = FakeGntdev;
-    type Privcmd = FakePrivcmd;
-
-    fn gntdev(&self) -> Result<FakeGntdev, XenBusError> {
-        Ok(FakeDomain::gntdev(self))
-    }
-
-    fn privcmd(&self) -> Result<FakePrivcmd, XenBusError> {
-        Ok(FakeDomain::privcmd(self))
-    }
-}
-
-impl FrontendPlatform for FakeDomain {
-    type Gntalloc = FakeGntalloc;
-
-    fn gntalloc(&self) -> Result<FakeGntalloc, XenBusError> {
-        Ok(FakeDomain::gntalloc(self))
-    }
-
-    /// The fake domain's RAM memfd at guest-physical 0 (what a kernel
-    /// driver in the domain would use).
-    fn foreign_ram(&self) -> Result<GuestMemoryMmap<()>, XenBusError> {
-        let file = self.ram_file().map_err(|e| XenBusError::Os {
-            op: "fake RAM",
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let len = usize::try_from(self.ram_pages() * 4096)
-            .map_err(|_| XenBusError::Config("fake RAM too large".into()))?;
-        let region = owned_region(&file, 0, len, true).map_err(os("map fake RAM"))?;
-        let region = GuestRegionMmap::new(region, GuestAddress(0))
-            .ok_or_else(|| XenBusError::Config("fake RAM overflows".into()))?;
-        GuestMemoryMmap::from_regions(vec![region])
-            .map_err(|e| XenBusError::Config(format!("fake RAM: {e}")))
     }
 }
 

@@ -7,9 +7,14 @@
 //! - [`handles`]: the per-domain handles ([`FakeEvtchn`], [`FakeGntalloc`],
 //!   [`FakeGntdev`], [`FakePrivcmd`]).
 //! - [`xenstored`]: an in-memory xenstored served over the wire protocol.
+//! - `platform`: [`FakeDomain`] as a platform of the Xen bus.
+//!
+//! Compiled for this crate's tests or with the feature `fake`: tests and
+//! tools only, never the daemon.
 
 pub mod handles;
 pub mod hypervisor;
+mod platform;
 pub mod xenstored;
 
 pub use handles::{

@@ -5,7 +5,8 @@
 //! one [`Completion`]. Two real engines exist — [`SyncEngine`]
 //! (`preadv`/`pwritev` inline, completion available at once) and
 //! [`UringEngine`] (io_uring; completions signalled through an eventfd) —
-//! plus [`FakeEngine`], an in-memory disk for tests.
+//! plus `FakeEngine`, an in-memory disk for tests (compiled for this
+//! crate's tests, or with feature `fake`; not in the daemon).
 //!
 //! This module does not know about virtio: a benchmark can open a [`Disk`],
 //! build an engine with [`open_engine`] and issue the same operations the
@@ -66,10 +67,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 use vm_memory::VolatileSlice;
 
+#[cfg(any(test, feature = "fake"))]
 mod fake;
 mod sync;
 mod uring;
 
+#[cfg(any(test, feature = "fake"))]
 pub use fake::{FakeDisk, FakeEngine, FakeOp};
 pub use sync::SyncEngine;
 pub use uring::UringEngine;

@@ -1,9 +1,12 @@
-//! Benchmark hook: message round trip and virtio-blk 4 KiB random-read IOPS
-//! over the (fake) Xen bus as ratios to the local bus measured in the same
-//! run, and the grant cache's hit rate under an rng and a blk workload.
-//! `vmsgctl bench` can call [`run`] (PING and rng) or [`run_with_blk`]
-//! (everything); `cargo run --release -p vmsg-xen --example bench` prints
-//! the figures.
+//! `vmsgctl bench xen`: message round trip and virtio-blk 4 KiB random-read
+//! IOPS over the (fake) Xen bus as ratios to the local bus measured in the
+//! same run, and the grant cache's hit rate under an rng and a blk workload.
+//! [`run`] measures PING and rng, [`run_with_blk`] everything; [`command`]
+//! is the subcommand that prints the figures (docs/performance.md).
+//!
+//! It runs vmsg-xen's fake hypervisor and domU frontend (features `fake`
+//! and `frontend`), which is why it lives here with the other benchmarks
+//! and not in the library the daemon links.
 //!
 //! Both buses run the same stacks: vmsg-driver on one thread, a
 //! `GuestInstance` on another, doorbell mode (the Xen frontend has no
@@ -18,7 +21,7 @@
 //! engine), one per bus, both connected at once. Per queue depth the two
 //! buses are measured interleaved — a discarded warm-up of each, then
 //! local, Xen, Xen, local — so drift favours neither. The image is read
-//! through the page cache (the example and the test build the device
+//! through the page cache (the command and the test build the device
 //! without `O_DIRECT`): the disk would otherwise hide the bus's cost.
 //! Each measurement ends by comparing what the last read of every slot
 //! returned with the image file's bytes at that offset, so a bus returning
@@ -33,20 +36,26 @@
 //! the connection's one-time mapping.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vmsg_backend::instance::{DeviceList, GuestInstance, InstanceOptions, StopSignal};
 use vmsg_backend::local::{LocalBusListener, LocalClientOptions, LocalServerOptions};
+use vmsg_devices::blk::engine::{Engine, EngineError};
+use vmsg_devices::blk::{BlkConfig, BlkDevice, BlkError};
+use vmsg_devices::rng::{HostEntropy, RngDevice};
 use vmsg_driver::blk::{GuestBuf, Request, SECTOR_SIZE, Tag};
 use vmsg_driver::local::LocalDriverBus;
 use vmsg_driver::{Blk, Driver, Rng};
 
-use crate::DomId;
-use crate::bus::{BackendConfig, FrontendOptions, XenBackend, XenBusError, XenFrontend};
-use crate::fake::FakeXen;
+use vmsg_xen::DomId;
+use vmsg_xen::bus::{BackendConfig, FrontendOptions, XenBackend, XenBusError, XenFrontend};
+use vmsg_xen::fake::FakeXen;
+
+use super::XenArgs;
 
 /// Errors of the benchmark.
 #[derive(Debug, Error)]
@@ -712,7 +721,7 @@ fn blk_pool_pages(depth: usize) -> usize {
 /// The blk workload over both buses (see the module documentation).
 /// `make_blk` builds the device list of each bus's instance on the image
 /// at the path it is given (called twice; both must report the same
-/// engine). Reads go through whatever caching the device uses: the example
+/// engine). Reads go through whatever caching the device uses: the command
 /// and the test build it without `O_DIRECT`.
 pub fn run_blk(
     opts: &BlkBenchOptions,
@@ -854,6 +863,110 @@ pub fn run_blk(
     })
 }
 
+// `vmsgctl bench xen` (formerly vmsg-xen's `bench` example): the devices
+// and the printing.
+
+const RNG_DEV: u16 = 1;
+const BLK_DEV: u16 = 2;
+
+fn devices() -> DeviceList {
+    match RngDevice::new("rng", Box::new(HostEntropy), None) {
+        Ok(d) => vec![(RNG_DEV, Box::new(d))],
+        Err(e) => {
+            eprintln!("rng: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Builds the blk device on `image`: io_uring (the default engine) unless
+/// the kernel refuses it, then sync from then on, so both buses get the
+/// same engine. Through the page cache: the bus's cost is what is measured.
+fn blk_maker() -> impl FnMut(&Path) -> Result<BlkSetup, String> {
+    let mut engine = Engine::IoUring;
+    let mut label = "io-uring".to_string();
+    move |image: &Path| {
+        let cfg = |engine| BlkConfig {
+            path: image.to_path_buf(),
+            direct: false,
+            engine,
+            ..Default::default()
+        };
+        let dev = match BlkDevice::new("blk", &cfg(engine)) {
+            Err(BlkError::Engine(EngineError::UringSetup(e))) if engine == Engine::IoUring => {
+                engine = Engine::Sync;
+                label = format!("sync (io_uring unavailable: {e})");
+                BlkDevice::new("blk", &cfg(engine))
+            }
+            other => other,
+        }
+        .map_err(|e| format!("blk device on {}: {e}", image.display()))?;
+        Ok(BlkSetup {
+            devices: vec![(BLK_DEV, Box::new(dev))],
+            engine: label.clone(),
+        })
+    }
+}
+
+/// Run `vmsgctl bench xen`: print the Xen bus figures, each against the
+/// local bus in the same run.
+pub fn command(args: &XenArgs) -> ExitCode {
+    let mut opts = BenchOptions::default();
+    let mut blk = BlkBenchOptions {
+        blk_dev: BLK_DEV,
+        ..Default::default()
+    };
+    let value = |name: &str, v: Option<f64>| match v {
+        None => Ok(None),
+        Some(v) if v >= 0.0 && v.is_finite() => Ok(Some(v)),
+        Some(_) => Err(format!("{name} needs a non-negative number")),
+    };
+    let parsed = value("--blk-secs", args.blk_secs).and_then(|secs| {
+        value("--blk-mib", args.blk_mib).map(|mib| {
+            if let Some(v) = secs {
+                blk.duration = Duration::from_secs_f64(v);
+            }
+            if let Some(v) = mib {
+                blk.image_bytes = (v as u64).max(1) << 20;
+            }
+        })
+    });
+    if let Err(e) = parsed {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(n) = args.iters {
+        opts.iters = n;
+    }
+    if let Some(n) = args.reads {
+        opts.reads = n;
+    }
+    println!(
+        "Xen bus (fake) vs local bus: {} PINGs each, {} rng reads of {} bytes",
+        opts.iters, opts.reads, opts.read_len
+    );
+    let result = if blk.duration.is_zero() {
+        run(&opts, &mut devices, RNG_DEV)
+    } else {
+        println!(
+            "virtio-blk: 4 KiB random reads at QD {:?}, {:.1} s per bus and depth (interleaved local, Xen, Xen, local after a warm-up of each)",
+            blk.depths,
+            blk.duration.as_secs_f64()
+        );
+        run_with_blk(&opts, &mut devices, RNG_DEV, &blk, &mut blk_maker())
+    };
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -941,5 +1054,52 @@ mod tests {
             matches!(&err, BenchError::Blk { what, .. } if what.contains("differs from the image")),
             "{err}"
         );
+    }
+
+    // The rng and the test that used to be in vmsg-xen's tests/bus.rs
+    // (with its helpers from tests/common).
+
+    /// Entropy that counts: byte `i` of the stream is `i as u8`, so a test can
+    /// tell that the bytes really crossed the shared memory.
+    #[derive(Debug, Default)]
+    pub struct CountingEntropy(pub u64);
+
+    impl vmsg_devices::rng::EntropySource for CountingEntropy {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), vmsg_devices::rng::RngError> {
+            for b in buf {
+                *b = self.0 as u8;
+                self.0 += 1;
+            }
+            Ok(())
+        }
+    }
+
+    /// The rng device number the backends serve.
+    pub const RNG_DEV: u16 = 1;
+
+    pub fn rng_devices() -> DeviceList {
+        vec![(
+            RNG_DEV,
+            Box::new(RngDevice::new("rng", Box::new(CountingEntropy::default()), None).unwrap()),
+        )]
+    }
+
+    #[test]
+    fn bench_hook_measures_both_buses_and_the_grant_cache() {
+        let opts = BenchOptions {
+            iters: 300,
+            reads: 50,
+            read_len: 4096,
+        };
+        let report = run(&opts, &mut rng_devices, RNG_DEV).unwrap();
+        assert_eq!(report.local_ping.rtts.len(), 300);
+        assert_eq!(report.xen_ping.rtts.len(), 300);
+        assert!(report.ratio() > 0.0);
+        let g = report.grants;
+        assert_eq!(g.map_ops_at_connect, 2, "ring + pool");
+        assert_eq!(g.grants_mapped_at_connect, 257);
+        assert_eq!(g.map_ops_during, 0, "no grant mapped on the I/O path");
+        assert_eq!(g.hit_rate, 1.0);
+        assert_eq!(g.page_refs, 50 * 4);
     }
 }

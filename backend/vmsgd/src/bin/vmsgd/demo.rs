@@ -4,6 +4,10 @@
 //! `vmsg-driver`: discovery, the init sequence, feature negotiation, I/O
 //! (random bytes from the rngs; write, flush, read back and verify on the
 //! disk). Both sides print what they did.
+//!
+//! Part of the `vmsgd` binary, not of the vmsgd library: it is the one place
+//! the daemon's package uses the driver side (`vmsg-driver`), so that the
+//! quickstart is one command (docs/architecture.md, "Layering").
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,9 +22,12 @@ use vmsg_driver::device::{FeatureSet, VirtioDevice};
 use vmsg_driver::rng::Rng;
 use vmsg_driver::{Driver, DriverBus};
 
-use crate::config::{Config, log_level};
-use crate::daemon::Daemon;
-use crate::logging;
+use vmsgd::config::{Config, log_level};
+use vmsgd::daemon::Daemon;
+use vmsgd::logging;
+
+mod pattern;
+use pattern::{DISK_SECTOR, ZEROED_SECTORS, disk_pattern};
 
 /// Options of `vmsgd demo`.
 #[derive(Debug, Args)]
@@ -56,11 +63,6 @@ pub struct DemoDriverArgs {
 
 /// Bytes of pattern the demo driver writes to the disk by default.
 const DISK_BYTES: usize = 1 << 20;
-/// Where on the disk the demo driver writes its pattern (sector).
-pub const DISK_SECTOR: u64 = 2048;
-/// Sectors at the start of the pattern the driver zeroes again with
-/// WRITE_ZEROES.
-pub const ZEROED_SECTORS: u64 = 8;
 
 /// The demo's configuration: one guest with a plain rng, a rate-limited one
 /// and a two-queue disk on `demo.img`, on the local bus.
@@ -99,7 +101,7 @@ num_queues = 2
 /// succeeded.
 pub fn run(args: &DemoArgs) -> ExitCode {
     let level = log_level(&args.log_level).unwrap_or(log::LevelFilter::Info);
-    if let Err(e) = logging::init(crate::config::LogTarget::Stderr, level) {
+    if let Err(e) = logging::init(vmsgd::config::LogTarget::Stderr, level) {
         eprintln!("vmsgd demo: {e}");
         return ExitCode::FAILURE;
     }
@@ -316,18 +318,6 @@ fn check_image(image: &Path) -> Result<String, Box<dyn std::error::Error>> {
         meta.len() >> 20,
         (meta.blocks() * 512) >> 10
     ))
-}
-
-/// The demo driver's disk pattern for `len` bytes at `first_sector`:
-/// deterministic, every 512-byte sector starts with its number.
-pub fn disk_pattern(first_sector: u64, len: usize) -> Vec<u8> {
-    let mut data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
-    for (i, sector) in data.chunks_mut(blk::SECTOR_SIZE as usize).enumerate() {
-        let n = first_sector + i as u64;
-        let head = sector.len().min(8);
-        sector[..head].copy_from_slice(&n.to_le_bytes()[..head]);
-    }
-    data
 }
 
 /// Drive a virtio-blk: identify it, write a pattern, flush, read it back

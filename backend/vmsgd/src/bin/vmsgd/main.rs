@@ -11,7 +11,9 @@ use vmsg_backend::hotplug::DeviceControl;
 use vmsg_backend::instance::StopSignal;
 use vmsgd::config::{self, Config};
 use vmsgd::daemon::Daemon;
-use vmsgd::{demo, logging, xen};
+use vmsgd::{logging, xen};
+
+mod demo;
 
 /// virtio-msg backend daemon: serves virtio devices to guests over
 /// virtio-msg buses.
