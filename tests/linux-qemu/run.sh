@@ -20,7 +20,10 @@ repo=$(cd "$here/../.." && pwd)
 # shellcheck source=tests/linux-qemu/common.sh
 . "$here/common.sh"
 
-all_cases=(rng rng-rate blk-identity blk-data blk-mq blk-discard blk-ro blk-fs hotplug shutdown)
+# The cases: cases/NN-name.sh run in the guest in name order, each naming
+# its verdicts on a "# cases:" line; cases/NN-name.host.sh prepare and check
+# their side on the host.
+mapfile -t all_cases < <(sed -n 's/^# cases: //p' "$here"/cases/*.sh | tr ' ' '\n' | grep .)
 if [ $# -gt 0 ]; then cases=("$@"); else cases=("${all_cases[@]}"); fi
 for c in "${cases[@]}"; do
     case " ${all_cases[*]} " in *" $c "*) ;; *) die "unknown case $c (${all_cases[*]})" ;; esac
@@ -52,16 +55,20 @@ abin=$repo/target/$target/release
 hostcheck=$repo/target/release/examples/linux-guest-check
 log "binaries built ($(elapsed))"
 
-# The run's folder: the initramfs tree, the 9p share with the images.
-run=$CACHE/run
-rm -rf "$run" && mkdir -p "$run/root" "$run/share"
+# The run's folder (one per checkout, so worktrees can run side by side):
+# the initramfs tree, the 9p share with the images.
+run=$CACHE/run-$(echo "$repo" | sha256sum | cut -c1-8)
+share=$run/share
+rm -rf "$run" && mkdir -p "$run/root" "$share"
 MiB=1048576
-truncate -s $((64 * MiB)) "$run/share/data.img"
-truncate -s $((16 * MiB)) "$run/share/fs.img"
-truncate -s $((4 * MiB)) "$run/share/hot.img"
-truncate -s $((4 * MiB)) "$run/share/ro.img"
-"$hostcheck" pattern write "$run/share/ro.img" 0 $MiB 7 >/dev/null
-ro_sum=$(sha256sum <"$run/share/ro.img")
+seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+# Kernel command-line additions a device's prepare phase may make.
+extra_append=""
+phase=prepare
+for f in "$here"/cases/*.host.sh; do
+    # shellcheck disable=SC1090
+    . "$f"
+done
 
 r=$run/root
 mkdir -p "$r/bin" "$r/usr/bin" "$r/usr/sbin" "$r/etc" "$r/proc" "$r/sys" "$r/dev" "$r/tmp" "$r/share" "$r/mnt"
@@ -69,14 +76,16 @@ cp "$CACHE/busybox" "$r/bin/busybox"
 ln -s busybox "$r/bin/sh"
 cp "$here/guest-init.sh" "$r/init"
 chmod 0755 "$r/init"
+mkdir -p "$r/cases"
+cp "$here"/cases/*.sh "$r/cases/"
+rm -f "$r"/cases/*.host.sh
 cp "$abin/vmsgd" "$r/usr/sbin/vmsgd"
 cp "$abin/examples/linux-guest-check" "$r/usr/bin/linux-guest-check"
 aarch64-linux-gnu-strip "$r/usr/sbin/vmsgd" "$r/usr/bin/linux-guest-check"
-cp "$here/vmsgd.toml" "$r/etc/vmsgd.toml"
+cat "$here"/config/*.toml >"$r/etc/vmsgd.toml"
 (cd "$r" && find . | sort | cpio --quiet -o -H newc -R 0:0 | gzip -1) >"$run/initramfs.cpio.gz"
 log "initramfs $(stat -c %s "$run/initramfs.cpio.gz") bytes ($(elapsed))"
 
-seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 case_list=$(IFS=,; echo "${cases[*]}")
 serial=$run/serial.log
 q=$CACHE/qemu
@@ -86,7 +95,7 @@ timeout --kill-after=10 "$boot_timeout" "$q/usr/bin/qemu-system-aarch64" -L "$q/
     -M virt -cpu cortex-a57 -smp 2 -m 512M -display none -monitor none -nic none -no-reboot \
     -serial "file:$serial" \
     -kernel "$kdir/Image" -initrd "$run/initramfs.cpio.gz" -dtb "$kdir/loopback.dtb" \
-    -append "console=ttyAMA0 panic=-1 vmsg.cases=$case_list vmsg.seed=$seed" \
+    -append "console=ttyAMA0 panic=-1 vmsg.cases=$case_list vmsg.seed=$seed $extra_append" \
     -fsdev "local,id=share,path=$run/share,security_model=none" \
     -device virtio-9p-device,fsdev=share,mount_tag=share \
     </dev/null >"$run/qemu.out" 2>&1
@@ -112,46 +121,11 @@ if [ "$qstatus" = 0 ] && grep -aq '^VMSG-GUEST-DONE' "$serial"; then
 else
     host poweroff FAIL "QEMU exit $qstatus after ${boot_s}s (124: killed at BOOT_TIMEOUT=${boot_timeout}s)"
 fi
-img=$run/share/data.img
-if passed blk-data; then
-    if out=$(hc pattern check "$img" $MiB $((4 * MiB)) "$seed"); then
-        host image-data PASS "host reads the guest's pattern in data.img: $out"
-    else host image-data FAIL "$out"; fi
-fi
-if passed blk-mq; then
-    if a=$(hc pattern check "$img" $((16 * MiB)) $((4 * MiB)) "$seed") \
-        && b=$(hc pattern check "$img" $((20 * MiB)) $((4 * MiB)) $((seed + 1))); then
-        host image-mq PASS "both writers' regions in data.img"
-    else host image-mq FAIL "$a $b"; fi
-fi
-if passed blk-discard; then
-    # A discard is a hint: on a share whose file system cannot punch holes
-    # (9p) the device completes it without effect. Say which it was.
-    holes=$(hc allocated "$img" $((32 * MiB)) $MiB)
-    discarded=$(hc zeros "$img" $((32 * MiB)) $MiB >/dev/null && echo zeros || echo "old data")
-    if z=$(hc zeros "$img" $((36 * MiB)) $MiB) \
-        && n1=$(hc pattern check "$img" $((33 * MiB)) $MiB "$seed") \
-        && n2=$(hc pattern check "$img" $((37 * MiB)) $MiB "$seed"); then
-        host image-discard PASS "zeroed range reads zeros, neighbours intact; discarded range: $discarded, $holes"
-    else host image-discard FAIL "${z:-} ${n1:-} ${n2:-}"; fi
-fi
-if ran blk-ro; then
-    if [ "$(sha256sum <"$run/share/ro.img")" = "$ro_sum" ]; then
-        host image-ro PASS "ro.img unchanged"
-    else host image-ro FAIL "ro.img changed"; fi
-fi
-if passed blk-fs; then
-    fsck=$(e2fsck -fn "$run/share/fs.img" 2>&1) && fsck_ok=1 || fsck_ok=0
-    debugfs -R "dump /dir/copy.bin $run/copy.bin" "$run/share/fs.img" >/dev/null 2>&1 || true
-    if [ "$fsck_ok" = 1 ] && cmp -s "$run/copy.bin" "$run/share/src.bin"; then
-        host image-fs PASS "e2fsck clean; /dir/copy.bin (debugfs) equals the source"
-    else host image-fs FAIL "fsck_ok=$fsck_ok $(echo "$fsck" | tail -2 | tr '\n' ' '); copy $(cmp "$run/copy.bin" "$run/share/src.bin" 2>&1)"; fi
-fi
-if passed hotplug; then
-    if out=$(hc pattern check "$run/share/hot.img" 0 $MiB $((seed + 5))); then
-        host image-hotplug PASS "hot.img holds what the guest wrote to the hot-added device"
-    else host image-hotplug FAIL "$out"; fi
-fi
+phase=check
+for f in "$here"/cases/*.host.sh; do
+    # shellcheck disable=SC1090
+    . "$f"
+done
 
 fails=0
 for c in "${cases[@]}"; do
