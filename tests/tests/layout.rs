@@ -21,6 +21,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("vmsg-proto", 0),
     ("vmsg-transport", 1),
     ("vmsg-backend", 2),
+    // The no_std device side the partition and the std devices share.
+    ("vmsg-device-core", 2),
     // Devices, Xen and (to come) FF-A: beside each other, on the backend.
     ("vmsg-devices", 3),
     ("vmsg-xen", 3),
@@ -52,6 +54,7 @@ const PRODUCTION: &[&str] = &[
     "vmsg-proto",
     "vmsg-transport",
     "vmsg-backend",
+    "vmsg-device-core",
     "vmsg-devices",
     "vmsg-xen",
     "vmsg-ffa",
