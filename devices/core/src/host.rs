@@ -42,7 +42,7 @@ pub struct Pass {
 }
 
 /// A device model the no_std host runs.
-pub trait CoreDevice {
+pub trait CoreDevice: Send {
     /// Virtio device type.
     fn device_type(&self) -> u32;
     /// Device-specific feature bits offered (the host adds its own).
@@ -159,7 +159,12 @@ impl core::fmt::Debug for HostedDevice {
 
 impl HostedDevice {
     /// Host `dev` as device `dev_num` on a bus with `codec`.
-    pub fn new(dev_num: u16, dev: Box<dyn CoreDevice>, codec: Codec, transport_features: u32) -> Self {
+    pub fn new(
+        dev_num: u16,
+        dev: Box<dyn CoreDevice>,
+        codec: Codec,
+        transport_features: u32,
+    ) -> Self {
         let offered = (dev.features() | HOST_FEATURES)
             & !(1 << feature::NOTIF_CONFIG_DATA)
             & !(1 << feature::NOTIFICATION_DATA);
@@ -259,6 +264,16 @@ impl HostedDevice {
                 self.process(index, mem, emit);
             }
         }
+    }
+
+    /// Bus addresses of the live queues' rings (what must stay mapped).
+    pub fn queue_addresses(&self) -> impl Iterator<Item = u64> + '_ {
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.is_some())
+            .filter_map(|(i, _)| self.transport.queue(i as u32))
+            .flat_map(|c| [c.desc_addr, c.driver_addr, c.device_addr])
     }
 
     /// Whether a queue has chains left over from a pass that ran out of

@@ -56,7 +56,7 @@ impl<E: EntropySource> RngDevice<E> {
     }
 }
 
-impl<E: EntropySource> CoreDevice for RngDevice<E> {
+impl<E: EntropySource + Send> CoreDevice for RngDevice<E> {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_RNG
     }

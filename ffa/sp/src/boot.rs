@@ -4,7 +4,7 @@
 //! `gp-register-num = <0>`) and x4 = the linear core id. Every other
 //! execution context enters `secondary_entry` (registered with
 //! FFA_SECONDARY_EP_REGISTER) when its core is powered on, with x4 = its core
-//! id. Each core gets its own 16 KiB stack; with the MMU off memory is
+//! id. Each core gets its own 64 KiB stack; with the MMU off memory is
 //! Device-type, so nothing here does unaligned accesses.
 
 core::arch::global_asm!(
@@ -50,13 +50,13 @@ enable_fp:
     isb
     ret
 
-// sp = __stacks_end - x0 * 16 KiB; a core id beyond the stacks parks the core.
+// sp = __stacks_end - x0 * 64 KiB; a core id beyond the stacks parks the core.
 set_stack:
     cmp     x0, #32
     b.hs    5f
     adrp    x9, __stacks_end
     add     x9, x9, :lo12:__stacks_end
-    mov     x10, #16384
+    mov     x10, #65536
     msub    x9, x0, x10, x9
     mov     sp, x9
     ret

@@ -15,6 +15,15 @@ pub enum CallError {
     Decode(arm_ffa::Error),
 }
 
+impl core::fmt::Display for CallError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Ffa(e) => write!(f, "FFA_ERROR {e:?}"),
+            Self::Decode(e) => write!(f, "undecodable answer: {e:?}"),
+        }
+    }
+}
+
 /// Make one FF-A call; the SPMC's answer (which for FFA_MSG_WAIT and the
 /// direct responses is the next message for this partition).
 pub fn call(request: &Interface) -> Result<Interface, CallError> {

@@ -8,16 +8,24 @@ extern crate alloc;
 mod boot;
 mod conduit;
 mod console;
+mod entropy;
 mod heap;
 mod mmu;
+mod spmc;
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use arm_ffa::Interface;
-use arm_ffa::interface_args::{
-    DirectMsg2Args, MsgWaitFlags, SecondaryEpRegisterAddr,
-};
+use arm_ffa::interface_args::{DirectMsg2Args, MsgWaitFlags, SecondaryEpRegisterAddr};
 use spin::{Mutex, Once};
+use vmsg_device_core::blk::{BlkDevice, MemoryStore};
+use vmsg_device_core::host::CoreDevice;
+use vmsg_device_core::rng::RngDevice;
+use vmsg_ffa::bus::{DIRECT_PAYLOAD, FfaBus};
+use vmsg_ffa::msg::FfaProfile;
+use vmsg_ffa::window::Window;
 
 /// Secure DRAM the partition owns (QEMU virt, PLAT=qemu).
 const SECURE_DRAM: (usize, usize) = (0x0e10_0000, 0x0f00_0000);
@@ -26,6 +34,11 @@ const SECURE_DRAM: (usize, usize) = (0x0e10_0000, 0x0f00_0000);
 /// caches are on, so secondary cores (MMU off) read it from memory.
 static ROOT: AtomicUsize = AtomicUsize::new(0);
 static TABLES: Once<Mutex<mmu::Tables>> = Once::new();
+static BUS: Once<Mutex<FfaBus<spmc::El3Spmc>>> = Once::new();
+
+/// The driver's DMA pool (the RFC bus's `vmsgffa` node) and the RAM disk.
+const NS_POOL: (usize, usize) = (0x7f00_0000, 0x40_0000);
+const RAM_DISK: (usize, usize) = (0x0e80_0000, 0x40_0000);
 
 /// Stop this core for good (after saying why, if the console works).
 pub fn halt(why: &str) -> ! {
@@ -62,21 +75,60 @@ extern "C" fn sp_main(core: usize, _boot_info: usize) -> ! {
     if let Err(e) = conduit::call(&Interface::SecondaryEpRegister {
         entrypoint: SecondaryEpRegisterAddr::Addr64(entry),
     }) {
-        log!("vmsgd-sp: FFA_SECONDARY_EP_REGISTER failed: {e:?}");
+        log!("vmsgd-sp: FFA_SECONDARY_EP_REGISTER failed: {e}");
     }
+    let Some(bus) = build_bus() else {
+        halt("no bus: see the lines above");
+    };
+    BUS.call_once(|| Mutex::new(bus));
+    log!("vmsgd-sp: serving");
     serve(core)
+}
+
+/// The devices and the bus the partition serves.
+fn build_bus() -> Option<FfaBus<spmc::El3Spmc>> {
+    let mut devices: Vec<(u16, Box<dyn CoreDevice>)> = Vec::new();
+    match entropy::Rndr::probe() {
+        Some(rndr) => devices.push((0, Box::new(RngDevice::new(rndr)))),
+        None => {
+            log!("vmsgd-sp: this CPU has no RNDR (FEAT_RNG): no virtio-rng");
+            return None;
+        }
+    }
+    // SAFETY: the RAM disk range is secure DRAM of this partition that
+    // nothing else uses (outside the image, stacks, heap and tables: sp.ld).
+    let disk = unsafe { core::slice::from_raw_parts_mut(RAM_DISK.0 as *mut u8, RAM_DISK.1) };
+    devices.push((
+        1,
+        Box::new(BlkDevice::new(
+            MemoryStore::new(disk),
+            false,
+            128,
+            b"vmsgd-sp-ramdisk",
+        )),
+    ));
+    {
+        let tables = TABLES.get()?;
+        mmu::map_non_secure(&mut tables.lock(), NS_POOL.0, NS_POOL.0 + NS_POOL.1);
+    }
+    // SAFETY: the pool is mapped (non-secure, just above) for the life of
+    // the partition and is the driver's DMA memory, nothing of ours.
+    let pool = unsafe { Window::new(NS_POOL.0 as *mut u8, NS_POOL.1) };
+    Some(FfaBus::new(FfaProfile::Rfc, spmc::El3Spmc, devices).with_pool(NS_POOL.0 as u64, pool))
 }
 
 /// A secondary execution context, from `secondary_entry`.
 #[unsafe(no_mangle)]
 extern "C" fn sp_secondary(core: usize) -> ! {
+    // MMU off here: no locks (they need exclusive accesses to Normal
+    // memory). The primary wrote the root before its caches were on.
     let root = ROOT.load(Ordering::Acquire);
-    let Some(tables) = TABLES.get() else {
+    if root == 0 {
         halt("secondary core before the primary finished");
-    };
-    let _ = root;
-    // SAFETY: the primary's tables cover all of secure DRAM.
-    unsafe { mmu::enable(&tables.lock()) };
+    }
+    // SAFETY: the primary's tables cover all of secure DRAM and are
+    // complete before any secondary core is powered on.
+    unsafe { mmu::enable_root(root) };
     log!("vmsgd-sp: core {core} up");
     serve(core)
 }
@@ -99,11 +151,19 @@ fn serve(core: usize) -> ! {
                 ..
             }) => {
                 let frame = frame_bytes(&args);
-                log!("vmsgd-sp: core {core}: DIRECT_REQ2 from {src_id:#x}: {:02x?}", &frame[..16]);
+                let mut out = [0u8; DIRECT_PAYLOAD];
+                match BUS.get() {
+                    Some(bus) => {
+                        let mut bus = bus.lock();
+                        bus.handle_direct(src_id, &frame, &mut out);
+                        log_live(&bus);
+                    }
+                    None => log!("vmsgd-sp: core {core}: request before the bus exists"),
+                }
                 conduit::call(&Interface::MsgSendDirectResp2 {
                     src_id: dst_id,
                     dst_id: src_id,
-                    args: DirectMsg2Args([0; 14]),
+                    args: frame_args(&out),
                 })
             }
             Ok(other) => {
@@ -111,11 +171,47 @@ fn serve(core: usize) -> ! {
                 conduit::call(&wait)
             }
             Err(e) => {
-                log!("vmsgd-sp: core {core}: {e:?}");
+                log!("vmsgd-sp: core {core}: {e}");
                 conduit::call(&wait)
             }
         };
     }
+}
+
+/// Devices already reported live (bit = device number).
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Say once when a device goes live (DRIVER_OK), with the features the
+/// driver negotiated; forget it when it is reset.
+fn log_live(bus: &FfaBus<spmc::El3Spmc>) {
+    for d in bus.devices() {
+        let bit = 1usize << (d.dev_num() % 64);
+        let live = d.status() & 0x4 != 0;
+        let known = LIVE.load(Ordering::Relaxed) & bit != 0;
+        if live && !known {
+            LIVE.fetch_or(bit, Ordering::Relaxed);
+            log!(
+                "vmsgd-sp: device {} live: type {}, status {:#x}, features {:#x}",
+                d.dev_num(),
+                d.device_type(),
+                d.status(),
+                d.driver_features()
+            );
+        } else if !live && known {
+            LIVE.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Pack a frame into x4..x17.
+fn frame_args(frame: &[u8; DIRECT_PAYLOAD]) -> DirectMsg2Args {
+    let mut regs = [0u64; 14];
+    for (reg, chunk) in regs.iter_mut().zip(frame.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *reg = u64::from_le_bytes(b);
+    }
+    DirectMsg2Args(regs)
 }
 
 /// The frame carried in x4..x17, little-endian register packing.

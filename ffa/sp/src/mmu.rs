@@ -9,9 +9,7 @@ use core::ptr::NonNull;
 
 use aarch64_paging::Mapping;
 use aarch64_paging::descriptor::{El1Attributes, PhysicalAddress};
-use aarch64_paging::paging::{
-    Constraints, El1And0, MemoryRegion, PageTable, Translation, VaRange,
-};
+use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion, PageTable, Translation, VaRange};
 
 /// MAIR_EL1 index 0: Device-nGnRE; index 1: Normal, inner/outer write-back
 /// read/write-allocate.
@@ -112,7 +110,20 @@ fn map(tables: &mut Tables, start: usize, end: usize, attrs: El1Attributes) {
 /// `tables` must identity-map everything this core touches from here on:
 /// its code, its stack, .data/.bss and the heap.
 pub unsafe fn enable(tables: &Tables) {
-    let root = tables.root_address().0 as u64;
+    // SAFETY: forwarded from the caller.
+    unsafe { enable_root(tables.root_address().0) };
+    tables.mark_active();
+}
+
+/// Turn the MMU on for this core with the tables rooted at `root` (the
+/// secondary cores, which must not take the tables' lock with the MMU off).
+///
+/// # Safety
+///
+/// As for [`enable`]: the tables at `root` identity-map everything this
+/// core touches from here on.
+pub unsafe fn enable_root(root: usize) {
+    let root = root as u64;
     // SAFETY: the caller guarantees the tables cover what runs next; the
     // sequence is the architectural one (invalidate, set the registers,
     // barrier, enable).
@@ -139,5 +150,4 @@ pub unsafe fn enable(tables: &Tables) {
             options(nostack),
         );
     }
-    tables.mark_active();
 }

@@ -190,4 +190,3 @@ pub fn offered_features(read_only: bool, num_queues: u16) -> u64 {
     }
     f
 }
-

@@ -159,7 +159,8 @@ impl<S: BlockStore> BlkDevice<S> {
                 let mut at = *offset;
                 for p in data {
                     scratch.resize(p.len as usize, 0);
-                    if self.store.read(at, scratch).is_err() || mem.write(p.addr, scratch).is_err() {
+                    if self.store.read(at, scratch).is_err() || mem.write(p.addr, scratch).is_err()
+                    {
                         return S_IOERR;
                     }
                     at += u64::from(p.len);
@@ -170,7 +171,8 @@ impl<S: BlockStore> BlkDevice<S> {
                 let mut at = *offset;
                 for p in data {
                     scratch.resize(p.len as usize, 0);
-                    if mem.read(p.addr, scratch).is_err() || self.store.write(at, scratch).is_err() {
+                    if mem.read(p.addr, scratch).is_err() || self.store.write(at, scratch).is_err()
+                    {
                         return S_IOERR;
                     }
                     at += u64::from(p.len);
@@ -202,7 +204,7 @@ impl<S: BlockStore> BlkDevice<S> {
     }
 }
 
-impl<S: BlockStore> CoreDevice for BlkDevice<S> {
+impl<S: BlockStore + Send> CoreDevice for BlkDevice<S> {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
     }

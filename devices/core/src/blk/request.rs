@@ -123,10 +123,7 @@ pub fn parse(descs: impl Iterator<Item = Desc>, mem: &dyn DmaMemory, lim: &Limit
     }
 
     // Device-readable descriptors must all come before device-writable ones.
-    let split = list
-        .iter()
-        .position(Desc::is_write)
-        .unwrap_or(list.len());
+    let split = list.iter().position(Desc::is_write).unwrap_or(list.len());
     let (readable, writable) = list.split_at(split);
     if writable.iter().any(|d| !d.is_write()) {
         return Parsed::fail(status, 1, S_IOERR);

@@ -52,7 +52,10 @@ fn pops_chains_in_order_and_publishes_used_entries() {
     assert_eq!(a.head, 0);
     assert!(!a.broken);
     assert_eq!(
-        a.descs.iter().map(|d| (d.addr, d.len, d.is_write())).collect::<Vec<_>>(),
+        a.descs
+            .iter()
+            .map(|d| (d.addr, d.len, d.is_write()))
+            .collect::<Vec<_>>(),
         vec![(BASE + 0x4000, 16, false), (BASE + 0x5000, 512, true)]
     );
     let b = q.pop(&m).expect("pop").expect("chain");
@@ -91,12 +94,28 @@ fn a_loop_a_bad_next_and_bad_indirect_tables_break_only_that_chain() {
     // next beyond the table
     put_desc(&m, DESC, 2, BASE + 0x4000, 1, DESC_F_NEXT, 200);
     // indirect with NEXT, nested indirect, indirect of a partial descriptor
-    put_desc(&m, DESC, 3, BASE + 0x8000, 16, DESC_F_INDIRECT | DESC_F_NEXT, 4);
+    put_desc(
+        &m,
+        DESC,
+        3,
+        BASE + 0x8000,
+        16,
+        DESC_F_INDIRECT | DESC_F_NEXT,
+        4,
+    );
     put_desc(&m, BASE + 0x9000, 0, BASE + 0x8000, 16, DESC_F_INDIRECT, 0);
     put_desc(&m, DESC, 4, BASE + 0x9000, 16, DESC_F_INDIRECT, 0);
     put_desc(&m, DESC, 5, BASE + 0x8000, 20, DESC_F_INDIRECT, 0);
     // an indirect table larger than the queue
-    put_desc(&m, DESC, 6, BASE + 0x8000, 16 * (SIZE + 1), DESC_F_INDIRECT, 0);
+    put_desc(
+        &m,
+        DESC,
+        6,
+        BASE + 0x8000,
+        16 * (SIZE + 1),
+        DESC_F_INDIRECT,
+        0,
+    );
     offer(&m, &[0, 2, 3, 4, 5, 6]);
     let mut q = queue(&m, false);
     for head in [0, 2, 3, 4, 5, 6] {
@@ -151,7 +170,10 @@ fn notifications_follow_no_interrupt_and_event_idx() {
     q.add_used(&m, 0, 1).expect("used");
     assert!(q.needs_notification(&m).expect("check"), "the first one");
     q.add_used(&m, 0, 1).expect("used"); // used idx 2
-    assert!(!q.needs_notification(&m).expect("check"), "event 2 not passed yet");
+    assert!(
+        !q.needs_notification(&m).expect("check"),
+        "event 2 not passed yet"
+    );
     q.add_used(&m, 0, 1).expect("used"); // used idx 3: crossed 2
     assert!(q.needs_notification(&m).expect("check"));
     // And avail_event tells the driver where we are.
@@ -160,6 +182,8 @@ fn notifications_follow_no_interrupt_and_event_idx() {
     offer(&m, &[1]);
     let mut q = SplitQueue::new(&m, SIZE, DESC, AVAIL, USED, true).expect("queue");
     let _ = q.pop(&m).expect("pop");
-    let avail_event = m.read_u16(USED + 4 + 8 * u64::from(SIZE)).expect("avail_event");
+    let avail_event = m
+        .read_u16(USED + 4 + 8 * u64::from(SIZE))
+        .expect("avail_event");
     assert_eq!(avail_event, m.read_u16(AVAIL + 2).expect("idx"));
 }
