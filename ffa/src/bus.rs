@@ -97,6 +97,8 @@ struct Areas {
 /// One FF-A bus instance, device role.
 pub struct FfaBus<S: Spmc> {
     profile: FfaProfile,
+    /// Learn the profile from the driver's first VERSION.
+    detect: bool,
     codec: Codec,
     spmc: S,
     devices: Vec<HostedDevice>,
@@ -152,6 +154,7 @@ impl<S: Spmc> FfaBus<S> {
             .collect();
         Self {
             profile,
+            detect: false,
             codec,
             spmc,
             devices,
@@ -166,8 +169,43 @@ impl<S: Spmc> FfaBus<S> {
         }
     }
 
-    /// Serve the driver's addresses as physical addresses inside a DMA pool
-    /// the partition mapped itself (the RFC bus shares no memory).
+    /// Take the profile from the driver's first VERSION instead: an RFC
+    /// VERSION (RFC2 header, msg_size 24) switches the bus to
+    /// [`FfaProfile::Rfc`], a v2 one (msg_size 20) to [`FfaProfile::V2`].
+    /// v2 is recognised by its msg_size, where an RFC VERSION carries
+    /// driver_version 1, so a v2 token of 24 is no RFC frame (docs/ffa.md).
+    pub fn detecting(mut self) -> Self {
+        self.detect = true;
+        self
+    }
+
+    fn detect_profile(&mut self, frame: &[u8]) {
+        if !self.detect || self.negotiated() || frame.len() < 8 || frame[..2] != [0x02, id::VERSION] {
+            return;
+        }
+        // v2 first: its msg_size (20) sits where an RFC VERSION has the low
+        // half of driver_version (1); its token may well be 24.
+        let profile = if u16::from_le_bytes([frame[6], frame[7]]) == 20 {
+            FfaProfile::V2
+        } else if u16::from_le_bytes([frame[4], frame[5]]) == 24 {
+            FfaProfile::Rfc
+        } else {
+            return;
+        };
+        if profile != self.profile {
+            self.profile = profile;
+            self.codec = match profile {
+                FfaProfile::V2 => V2_CODEC,
+                FfaProfile::Rfc => RFC_CODEC,
+            };
+            for d in &mut self.devices {
+                d.rebind(self.codec, 0);
+            }
+        }
+    }
+
+    /// Serve the RFC driver's addresses as physical addresses inside a DMA
+    /// pool the partition mapped itself (the RFC bus shares no memory).
     pub fn with_pool(mut self, base: u64, window: Window) -> Self {
         self.pool = Some((base, window));
         self
@@ -221,6 +259,7 @@ impl<S: Spmc> FfaBus<S> {
                 return self.error_raw(frame, out);
             }
         }
+        self.detect_profile(frame);
         let frame = &frame[..frame.len().min(self.codec.max_msg_size())];
         let msg = match self.codec.decode(frame) {
             Ok(m) => m,
@@ -273,9 +312,9 @@ impl<S: Spmc> FfaBus<S> {
     }
 
     fn addressing(&self) -> Addressing {
-        match self.pool {
-            Some((base, _)) => Addressing::Pool { base },
-            None => Addressing::Areas {
+        match (self.profile, self.pool) {
+            (FfaProfile::Rfc, Some((base, _))) => Addressing::Pool { base },
+            _ => Addressing::Areas {
                 shift: self.profile.area_shift(),
             },
         }
@@ -445,7 +484,7 @@ impl<S: Spmc> FfaBus<S> {
         attrs: u32,
     ) -> u16 {
         // The RFC bus addresses a pre-mapped pool; its areas are unused.
-        let bad = self.pool.is_some()
+        let bad = (self.profile == FfaProfile::Rfc && self.pool.is_some())
             || area_id >= MAX_AREAS
             || pages == 0
             || pages > MAX_AREA_PAGES

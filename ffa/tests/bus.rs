@@ -619,3 +619,31 @@ fn the_rfc_bus_answers_its_version_and_a_16_bit_device_bitmap() {
     assert_eq!(u16_at(&out, 10), 0, "next_offset");
     assert_eq!(out[12] & 1, 1);
 }
+
+#[test]
+fn a_detecting_bus_takes_the_generation_of_the_first_version() {
+    let build = || {
+        let mem = NsMemory::new(NS_BASE, 1 << 16);
+        let (spmc, _driver) = FakeSpmc::new(mem, SP, false);
+        let devices: Vec<(u16, Box<dyn CoreDevice>)> =
+            vec![(0, Box::new(RngDevice::new(Counting(0))))];
+        FfaBus::new(FfaProfile::V2, spmc, devices).detecting()
+    };
+    // An RFC VERSION: RFC2 header, msg_size 24 at bytes 4..6.
+    let mut bus = build();
+    let mut req = [0u8; DIRECT_PAYLOAD];
+    req[..6].copy_from_slice(&[0x02, 0x80, 0, 0, 24, 0]);
+    req[6..24].copy_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xf, 0, 0, 0, 0xff, 0]);
+    let mut out = [0u8; DIRECT_PAYLOAD];
+    bus.handle_direct(0, &req, &mut out);
+    assert_eq!(bus.profile(), FfaProfile::Rfc);
+    assert_eq!(&out[..6], &[0x03, 0x80, 0, 0, 24, 0]);
+    // A v2 probe: token at 4..6, msg_size 20 at 6..8.
+    let mut bus = build();
+    let mut req = [0u8; DIRECT_PAYLOAD];
+    req[..8].copy_from_slice(&[0x02, 0x80, 0, 0, 24, 0, 20, 0]);
+    req[16..20].copy_from_slice(&0x10002u32.to_le_bytes());
+    bus.handle_direct(0, &req, &mut out);
+    assert_eq!(bus.profile(), FfaProfile::V2);
+    assert_eq!(u32_at(&out, 8), 0x0001_0000);
+}

@@ -184,6 +184,16 @@ impl HostedDevice {
         }
     }
 
+    /// Start over on a bus of another wire profile: back to reset, with a
+    /// transport for `codec` (a bus that learns its peer's generation from
+    /// the first frame).
+    pub fn rebind(&mut self, codec: Codec, transport_features: u32) {
+        self.stop_queues();
+        self.model.dev.reset();
+        self.transport = DeviceTransport::new(&self.model, self.dev_num(), codec, transport_features);
+        self.event_buf = vec![0; codec.max_msg_size()];
+    }
+
     /// Device number.
     pub fn dev_num(&self) -> u16 {
         self.transport.dev_num()
