@@ -114,7 +114,20 @@ fn build_bus() -> Option<FfaBus<spmc::El3Spmc>> {
     // SAFETY: the pool is mapped (non-secure, just above) for the life of
     // the partition and is the driver's DMA memory, nothing of ours.
     let pool = unsafe { Window::new(NS_POOL.0 as *mut u8, NS_POOL.1) };
-    Some(FfaBus::new(FfaProfile::Rfc, spmc::El3Spmc, devices).with_pool(NS_POOL.0 as u64, pool))
+    let spmc = match spmc::El3Spmc::init(TABLES.get()?) {
+        Ok(s) => s,
+        Err(e) => {
+            log!("vmsgd-sp: RX/TX buffers: {e}");
+            return None;
+        }
+    };
+    log!("vmsgd-sp: partition {:#x}", spmc.own_id());
+    // The RFC driver and a v2 driver differ from their first VERSION on.
+    Some(
+        FfaBus::new(FfaProfile::V2, spmc, devices)
+            .with_pool(NS_POOL.0 as u64, pool)
+            .detecting(),
+    )
 }
 
 /// A secondary execution context, from `secondary_entry`.

@@ -89,11 +89,40 @@ pub fn map_non_secure(tables: &mut Tables, start: usize, end: usize) {
     map(tables, start, end, NORMAL | El1Attributes::NS);
 }
 
+/// Map `len` bytes of physical memory at `pa` to `va` (non-secure if `ns`),
+/// normal write-back, never executable.
+pub fn map_at(tables: &mut Tables, va: usize, pa: usize, len: usize, ns: bool) {
+    let mut attrs = NORMAL | El1Attributes::UXN | El1Attributes::PXN;
+    if ns {
+        attrs |= El1Attributes::NS;
+    }
+    map_to(tables, va, va + len, pa, attrs);
+}
+
+/// Remove the mapping of `[va, va + len)` and make every core forget it.
+pub fn unmap(tables: &mut Tables, va: usize, len: usize) {
+    map_to(tables, va, va + len, 0, El1Attributes::empty());
+    // SAFETY: TLB maintenance only; no memory is touched.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "tlbi vmalle1is",
+            "dsb ish",
+            "isb",
+            options(nostack)
+        );
+    }
+}
+
 fn map(tables: &mut Tables, start: usize, end: usize, attrs: El1Attributes) {
+    map_to(tables, start, end, start, attrs);
+}
+
+fn map_to(tables: &mut Tables, start: usize, end: usize, pa: usize, attrs: El1Attributes) {
     if tables
         .map_range(
             &MemoryRegion::new(start, end),
-            PhysicalAddress(start),
+            PhysicalAddress(pa),
             attrs,
             Constraints::empty(),
         )
