@@ -180,7 +180,8 @@ impl<S: Spmc> FfaBus<S> {
     }
 
     fn detect_profile(&mut self, frame: &[u8]) {
-        if !self.detect || self.negotiated() || frame.len() < 8 || frame[..2] != [0x02, id::VERSION] {
+        if !self.detect || self.negotiated() || frame.len() < 8 || frame[..2] != [0x02, id::VERSION]
+        {
             return;
         }
         // v2 first: its msg_size (20) sits where an RFC VERSION has the low

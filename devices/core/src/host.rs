@@ -190,7 +190,8 @@ impl HostedDevice {
     pub fn rebind(&mut self, codec: Codec, transport_features: u32) {
         self.stop_queues();
         self.model.dev.reset();
-        self.transport = DeviceTransport::new(&self.model, self.dev_num(), codec, transport_features);
+        self.transport =
+            DeviceTransport::new(&self.model, self.dev_num(), codec, transport_features);
         self.event_buf = vec![0; codec.max_msg_size()];
     }
 

@@ -160,6 +160,21 @@ fn serve(core: usize) -> ! {
             Ok(Interface::MsgSendDirectReq2 {
                 src_id,
                 dst_id,
+                uuid,
+                args,
+            }) if uuid.is_nil() => {
+                // The nil UUID: no service, just the round trip. Answered
+                // at once with the payload unchanged (the benchmark's
+                // baseline, docs/ffa.md).
+                conduit::call(&Interface::MsgSendDirectResp2 {
+                    src_id: dst_id,
+                    dst_id: src_id,
+                    args,
+                })
+            }
+            Ok(Interface::MsgSendDirectReq2 {
+                src_id,
+                dst_id,
                 args,
                 ..
             }) => {
