@@ -12,12 +12,15 @@
 //! * [`window`]: driver memory the partition mapped, reached by bus address.
 //! * [`spmc`]: what the bus asks of the SPMC (memory retrieve, relinquish,
 //!   notifications).
+//! * [`partition`]: a partition's answer to each message the SPMC hands it
+//!   (which service, the frame in and out of the registers).
 #![no_std]
 
 extern crate alloc;
 
 pub mod bus;
 pub mod msg;
+pub mod partition;
 pub mod spmc;
 pub mod window;
 

@@ -18,13 +18,14 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use arm_ffa::Interface;
-use arm_ffa::interface_args::{DirectMsg2Args, MsgWaitFlags, SecondaryEpRegisterAddr};
+use arm_ffa::interface_args::SecondaryEpRegisterAddr;
 use spin::{Mutex, Once};
 use vmsg_device_core::blk::{BlkDevice, MemoryStore};
 use vmsg_device_core::host::CoreDevice;
 use vmsg_device_core::rng::RngDevice;
-use vmsg_ffa::bus::{DIRECT_PAYLOAD, FfaBus};
+use vmsg_ffa::bus::FfaBus;
 use vmsg_ffa::msg::FfaProfile;
+use vmsg_ffa::partition::{MSG_WAIT, PartitionCounters, answer};
 use vmsg_ffa::window::Window;
 
 /// Secure DRAM the partition owns (QEMU virt, PLAT=qemu).
@@ -147,62 +148,30 @@ extern "C" fn sp_secondary(core: usize) -> ! {
 }
 
 /// The message loop of one execution context: each request is the answer
-/// to the previous FFA_MSG_WAIT or direct response.
+/// to the previous FFA_MSG_WAIT or direct response
+/// (`vmsg_ffa::partition::answer` decides the next call).
 fn serve(core: usize) -> ! {
-    // The SMC32 form: FFA_MSG_WAIT_64 only exists from FF-A v1.3.
-    let wait = Interface::MsgWait {
-        flags: MsgWaitFlags::default(),
-        is_32bit: true,
-    };
-    let mut next = conduit::call(&wait);
+    let mut counters = PartitionCounters::default();
+    let mut next = conduit::call(&MSG_WAIT);
     loop {
-        next = match next {
-            Ok(Interface::MsgSendDirectReq2 {
-                src_id,
-                dst_id,
-                uuid,
-                args,
-            }) if uuid.is_nil() => {
-                // The nil UUID: no service, just the round trip. Answered
-                // at once with the payload unchanged (the benchmark's
-                // baseline, docs/ffa.md).
-                conduit::call(&Interface::MsgSendDirectResp2 {
-                    src_id: dst_id,
-                    dst_id: src_id,
-                    args,
-                })
-            }
-            Ok(Interface::MsgSendDirectReq2 {
-                src_id,
-                dst_id,
-                args,
-                ..
-            }) => {
-                let frame = frame_bytes(&args);
-                let mut out = [0u8; DIRECT_PAYLOAD];
-                match BUS.get() {
+        let call =
+            match &next {
+                Ok(incoming) => answer(incoming, &mut counters, &mut |src, frame, out| match BUS
+                    .get()
+                {
                     Some(bus) => {
                         let mut bus = bus.lock();
-                        bus.handle_direct(src_id, &frame, &mut out);
+                        bus.handle_direct(src, frame, out);
                         log_live(&bus);
                     }
                     None => log!("vmsgd-sp: core {core}: request before the bus exists"),
+                }),
+                Err(e) => {
+                    log!("vmsgd-sp: core {core}: {e}");
+                    MSG_WAIT
                 }
-                conduit::call(&Interface::MsgSendDirectResp2 {
-                    src_id: dst_id,
-                    dst_id: src_id,
-                    args: frame_args(&out),
-                })
-            }
-            Ok(other) => {
-                log!("vmsgd-sp: core {core}: unexpected {other:?}");
-                conduit::call(&wait)
-            }
-            Err(e) => {
-                log!("vmsgd-sp: core {core}: {e}");
-                conduit::call(&wait)
-            }
-        };
+            };
+        next = conduit::call(&call);
     }
 }
 
@@ -229,24 +198,4 @@ fn log_live(bus: &FfaBus<spmc::El3Spmc>) {
             LIVE.fetch_and(!bit, Ordering::Relaxed);
         }
     }
-}
-
-/// Pack a frame into x4..x17.
-fn frame_args(frame: &[u8; DIRECT_PAYLOAD]) -> DirectMsg2Args {
-    let mut regs = [0u64; 14];
-    for (reg, chunk) in regs.iter_mut().zip(frame.chunks_exact(8)) {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(chunk);
-        *reg = u64::from_le_bytes(b);
-    }
-    DirectMsg2Args(regs)
-}
-
-/// The frame carried in x4..x17, little-endian register packing.
-fn frame_bytes(args: &DirectMsg2Args) -> [u8; 112] {
-    let mut out = [0u8; 112];
-    for (chunk, reg) in out.chunks_exact_mut(8).zip(args.0.iter()) {
-        chunk.copy_from_slice(&reg.to_le_bytes());
-    }
-    out
 }
