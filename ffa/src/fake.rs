@@ -19,25 +19,50 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
+use arm_ffa::Interface;
+
 use vmsg_device_core::memory::{DmaMemory, MemoryError};
 
 use crate::spmc::{Spmc, SpmcError};
 use crate::window::Window;
 
 /// The normal world's RAM, shared by the simulated SPMC and the driver side
-/// of a test.
+/// of a test: its own buffer, or memory the test mapped itself (so a
+/// vmsg-driver `GuestMemoryMmap` and the partition see the same bytes).
 #[derive(Debug)]
 pub struct NsMemory {
     base: u64,
-    bytes: RefCell<Vec<u8>>,
+    ptr: *mut u8,
+    len: usize,
+    /// Keeps the buffer of [`NsMemory::new`] alive (never resized).
+    _owned: Option<Vec<u8>>,
 }
 
 impl NsMemory {
     /// `size` bytes of zeroed RAM at physical address `base`.
     pub fn new(base: u64, size: usize) -> Rc<Self> {
+        let mut owned = vec![0u8; size];
+        let ptr = owned.as_mut_ptr();
         Rc::new(Self {
             base,
-            bytes: RefCell::new(vec![0; size]),
+            ptr,
+            len: size,
+            _owned: Some(owned),
+        })
+    }
+
+    /// RAM at physical address `base` that lives at `ptr` for `len` bytes.
+    ///
+    /// # Safety
+    ///
+    /// `[ptr, ptr + len)` must stay mapped, readable and writable for as
+    /// long as this memory and every window of it are used.
+    pub unsafe fn from_raw(base: u64, ptr: *mut u8, len: usize) -> Rc<Self> {
+        Rc::new(Self {
+            base,
+            ptr,
+            len,
+            _owned: None,
         })
     }
 
@@ -48,38 +73,33 @@ impl NsMemory {
 
     fn offset(&self, pa: u64, len: usize) -> Option<usize> {
         let off = usize::try_from(pa.checked_sub(self.base)?).ok()?;
-        (off.checked_add(len)? <= self.bytes.borrow().len()).then_some(off)
+        (off.checked_add(len)? <= self.len).then_some(off)
     }
 
     /// A window over `[pa, pa + len)`.
     fn window(&self, pa: u64, len: usize) -> Option<Window> {
         let off = self.offset(pa, len)?;
-        let mut bytes = self.bytes.borrow_mut();
-        // SAFETY: the range is inside the buffer, which is never resized
-        // or freed while the memory lives (tests keep it alive longer than
-        // any bus using its windows), and holds nothing but test data.
-        Some(unsafe { Window::new(bytes.as_mut_ptr().add(off), len) })
+        // SAFETY: the range is inside the memory, which outlives the
+        // windows (constructor contracts) and holds nothing but test data.
+        Some(unsafe { Window::new(self.ptr.add(off), len) })
+    }
+
+    fn whole(&self, pa: u64, len: usize) -> Result<Window, MemoryError> {
+        self.window(pa, len).ok_or(MemoryError {
+            addr: pa,
+            len: len as u64,
+        })
     }
 }
 
 /// The driver side's view: its own memory by physical address.
 impl DmaMemory for NsMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let err = MemoryError {
-            addr,
-            len: buf.len() as u64,
-        };
-        let off = self.offset(addr, buf.len()).ok_or(err)?;
-        buf.copy_from_slice(&self.bytes.borrow()[off..off + buf.len()]);
+        self.whole(addr, buf.len())?.read(0, buf);
         Ok(())
     }
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
-        let err = MemoryError {
-            addr,
-            len: data.len() as u64,
-        };
-        let off = self.offset(addr, data.len()).ok_or(err)?;
-        self.bytes.borrow_mut()[off..off + data.len()].copy_from_slice(data);
+        self.whole(addr, data.len())?.write(0, data);
         Ok(())
     }
     fn check(&self, addr: u64, len: u64) -> bool {
@@ -303,6 +323,112 @@ impl DriverSide {
             Some(_) => {
                 shares.remove(&handle);
                 Ok(())
+            }
+        }
+    }
+}
+
+/// The state of one execution context of the simulated partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Context {
+    /// Not yet through its initialisation (no FFA_MSG_WAIT yet).
+    Init,
+    /// Blocked in FFA_MSG_WAIT or after a direct response: requests may
+    /// be delivered.
+    Waiting,
+}
+
+/// The SPMC's handling of direct messages to one partition, with FF-A's
+/// run-to-completion rules as TF-A's EL3 SPMC applies them: a request goes
+/// to the execution context of the caller's core, only if that context is
+/// waiting (else `BUSY`); the partition's next call after a request must be
+/// the direct response to that very request (swapped ids, same kind), or the
+/// SPMC refuses it (`DENIED`, recorded in [`SimDirect::violations`]); only a
+/// normal-world sender may send (`INVALID_PARAMETERS`).
+#[derive(Debug)]
+pub struct SimDirect {
+    partition_id: u16,
+    contexts: Vec<Context>,
+    fault: Option<SpmcError>,
+    /// Calls of the partition that broke the rules.
+    pub violations: Vec<Interface>,
+}
+
+impl SimDirect {
+    /// A partition with `cores` execution contexts, none initialised.
+    pub fn new(partition_id: u16, cores: usize) -> Self {
+        Self {
+            partition_id,
+            contexts: vec![Context::Init; cores],
+            fault: None,
+            violations: Vec::new(),
+        }
+    }
+
+    /// The partition ended its initialisation on `core` with `call`, which
+    /// must be FFA_MSG_WAIT.
+    pub fn partition_ready(&mut self, core: usize, call: &Interface) -> Result<(), SpmcError> {
+        let ctx = self
+            .contexts
+            .get_mut(core)
+            .ok_or(SpmcError::InvalidParameters)?;
+        match call {
+            Interface::MsgWait { .. } if *ctx == Context::Init => {
+                *ctx = Context::Waiting;
+                Ok(())
+            }
+            _ => {
+                self.violations.push(*call);
+                Err(SpmcError::Denied)
+            }
+        }
+    }
+
+    /// Make the next direct request fail with `err` before it reaches the
+    /// partition.
+    pub fn fail_next(&mut self, err: SpmcError) {
+        self.fault = Some(err);
+    }
+
+    /// `src` sends DIRECT_REQ2 with `uuid` and `frame` from `core`: the
+    /// partition's answer (`step` is the partition: its next call after a
+    /// message) must be the DIRECT_RESP2, whose frame is returned.
+    pub fn direct_req2(
+        &mut self,
+        core: usize,
+        src: u16,
+        uuid: arm_ffa::Uuid,
+        frame: &[u8; crate::bus::DIRECT_PAYLOAD],
+        step: &mut dyn FnMut(&Interface) -> Interface,
+    ) -> Result<[u8; crate::bus::DIRECT_PAYLOAD], SpmcError> {
+        if let Some(e) = self.fault.take() {
+            return Err(e);
+        }
+        if src & 0x8000 != 0 {
+            return Err(SpmcError::InvalidParameters);
+        }
+        match self.contexts.get(core) {
+            None => return Err(SpmcError::InvalidParameters),
+            Some(Context::Init) => return Err(SpmcError::Busy),
+            Some(Context::Waiting) => {}
+        }
+        let request = Interface::MsgSendDirectReq2 {
+            src_id: src,
+            dst_id: self.partition_id,
+            uuid,
+            args: crate::partition::frame_args(frame),
+        };
+        match step(&request) {
+            Interface::MsgSendDirectResp2 {
+                src_id,
+                dst_id,
+                args,
+            } if src_id == self.partition_id && dst_id == src => {
+                Ok(crate::partition::frame_bytes(&args))
+            }
+            other => {
+                self.violations.push(other);
+                Err(SpmcError::Denied)
             }
         }
     }
