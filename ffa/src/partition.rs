@@ -68,13 +68,16 @@ pub fn frame_args(frame: &[u8; DIRECT_PAYLOAD]) -> DirectMsg2Args {
     DirectMsg2Args(regs)
 }
 
+/// Hands one frame from `sender` to the bus: `(sender, frame, response)`.
+pub type FrameHandler<'a> = dyn FnMut(u16, &[u8], &mut [u8]) + 'a;
+
 /// The partition's next call after `incoming`. `bus` handles one frame
 /// from `sender` (`handle(sender, frame, response)`), however the caller
 /// reaches its bus (the partition locks it; tests own it).
 pub fn answer(
     incoming: &Interface,
     counters: &mut PartitionCounters,
-    bus: &mut dyn FnMut(u16, &[u8], &mut [u8]),
+    bus: &mut FrameHandler<'_>,
 ) -> Interface {
     match *incoming {
         Interface::MsgSendDirectReq2 {
