@@ -70,6 +70,14 @@ pub trait DriverBus {
     fn polling_only(&self) -> bool {
         false
     }
+
+    /// False for a bus that carries no frame length, where a frame is
+    /// whatever `msg_size` says within a fixed window (FF-A direct
+    /// messages: the 112-byte register window): a frame shorter than its
+    /// header or than its msg_size cannot be sent there.
+    fn carries_frame_length(&self) -> bool {
+        true
+    }
 }
 
 impl<B: DriverBus + ?Sized> DriverBus for Box<B> {
@@ -97,5 +105,8 @@ impl<B: DriverBus + ?Sized> DriverBus for Box<B> {
     }
     fn polling_only(&self) -> bool {
         (**self).polling_only()
+    }
+    fn carries_frame_length(&self) -> bool {
+        (**self).carries_frame_length()
     }
 }

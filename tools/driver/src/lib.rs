@@ -11,6 +11,8 @@
 //! * [`rng`]: the virtio-rng frontend ([`Rng`]).
 //! * [`blk`]: the virtio-blk frontend ([`Blk`]): multiqueue, requests in flight.
 //! * [`local`]: [`DriverBus`] over vmsgd's local bus client.
+//! * `ffa` (feature `ffa`): [`DriverBus`] over the FF-A bus against the
+//!   simulated SPMC of `vmsg-ffa`.
 //! * [`conformance`]: the device conformance suite ([`run_suite`], [`Report`]).
 
 #![warn(missing_docs)]
@@ -20,6 +22,8 @@ pub mod bus;
 pub mod conformance;
 pub mod device;
 pub mod driver;
+#[cfg(feature = "ffa")]
+pub mod ffa;
 pub mod local;
 pub mod mem;
 pub mod rng;
