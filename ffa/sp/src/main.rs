@@ -10,6 +10,7 @@ mod conduit;
 mod console;
 mod entropy;
 mod heap;
+mod manifest;
 mod mmu;
 mod spmc;
 
@@ -29,7 +30,7 @@ use vmsg_ffa::partition::{MSG_WAIT, PartitionCounters, answer};
 use vmsg_ffa::window::Window;
 
 /// Secure DRAM the partition owns (QEMU virt, PLAT=qemu).
-const SECURE_DRAM: (usize, usize) = (0x0e10_0000, 0x0f00_0000);
+pub const SECURE_DRAM: (usize, usize) = (0x0e10_0000, 0x0f00_0000);
 
 /// The translation tables' root, written by the primary core before its
 /// caches are on, so secondary cores (MMU off) read it from memory.
@@ -37,9 +38,10 @@ static ROOT: AtomicUsize = AtomicUsize::new(0);
 static TABLES: Once<Mutex<mmu::Tables>> = Once::new();
 static BUS: Once<Mutex<FfaBus<spmc::El3Spmc>>> = Once::new();
 
-/// The driver's DMA pool (the RFC bus's `vmsgffa` node) and the RAM disk.
-const NS_POOL: (usize, usize) = (0x7f00_0000, 0x40_0000);
-const RAM_DISK: (usize, usize) = (0x0e80_0000, 0x40_0000);
+unsafe extern "C" {
+    /// End of the image, its .bss, stacks, heap and tables (sp.ld).
+    static __image_end: u8;
+}
 
 /// Stop this core for good (after saying why, if the console works).
 pub fn halt(why: &str) -> ! {
@@ -63,7 +65,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 
 /// The primary execution context, from `_start`.
 #[unsafe(no_mangle)]
-extern "C" fn sp_main(core: usize, _boot_info: usize) -> ! {
+extern "C" fn sp_main(core: usize, boot_info: usize) -> ! {
     let tables = mmu::build(SECURE_DRAM.0, SECURE_DRAM.1);
     ROOT.store(tables.root_address().0, Ordering::Release);
     // SAFETY: the tables map all of secure DRAM, which holds everything
@@ -78,7 +80,20 @@ extern "C" fn sp_main(core: usize, _boot_info: usize) -> ! {
     }) {
         log!("vmsgd-sp: FFA_SECONDARY_EP_REGISTER failed: {e}");
     }
-    let Some(bus) = build_bus() else {
+    let free = (core::ptr::addr_of!(__image_end) as usize, SECURE_DRAM.1);
+    let settings = {
+        let Some(tables) = TABLES.get() else {
+            halt("no tables");
+        };
+        match manifest::read(boot_info, &mut tables.lock(), free) {
+            Ok(s) => s,
+            Err(e) => {
+                log!("vmsgd-sp: {e}");
+                manifest::Settings::default()
+            }
+        }
+    };
+    let Some(bus) = build_bus(&settings) else {
         halt("no bus: see the lines above");
     };
     BUS.call_once(|| Mutex::new(bus));
@@ -86,35 +101,36 @@ extern "C" fn sp_main(core: usize, _boot_info: usize) -> ! {
     serve(core)
 }
 
-/// The devices and the bus the partition serves.
-fn build_bus() -> Option<FfaBus<spmc::El3Spmc>> {
+/// The devices and the bus the partition serves, as its manifest says.
+fn build_bus(settings: &manifest::Settings) -> Option<FfaBus<spmc::El3Spmc>> {
     let mut devices: Vec<(u16, Box<dyn CoreDevice>)> = Vec::new();
+    // An rng only with a hardware source: never made-up entropy.
     match entropy::Rndr::probe() {
-        Some(rndr) => devices.push((0, Box::new(RngDevice::new(rndr)))),
-        None => {
-            log!("vmsgd-sp: this CPU has no RNDR (FEAT_RNG): no virtio-rng");
-            return None;
+        Some(rndr) => {
+            log!("vmsgd-sp: device 0: virtio-rng from RNDR (FEAT_RNG)");
+            devices.push((0, Box::new(RngDevice::new(rndr))));
         }
+        None => log!("vmsgd-sp: this CPU has no RNDR (FEAT_RNG): no virtio-rng"),
     }
-    // SAFETY: the RAM disk range is secure DRAM of this partition that
-    // nothing else uses (outside the image, stacks, heap and tables: sp.ld).
-    let disk = unsafe { core::slice::from_raw_parts_mut(RAM_DISK.0 as *mut u8, RAM_DISK.1) };
-    devices.push((
-        1,
-        Box::new(BlkDevice::new(
-            MemoryStore::new(disk),
-            false,
-            128,
-            b"vmsgd-sp-ramdisk",
-        )),
-    ));
-    {
-        let tables = TABLES.get()?;
-        mmu::map_non_secure(&mut tables.lock(), NS_POOL.0, NS_POOL.0 + NS_POOL.1);
+    if let Some((at, len)) = settings.ram_disk {
+        // SAFETY: the manifest's range was checked to lie in secure DRAM
+        // above the image (its .bss, stacks, heap and tables), which nothing
+        // else uses; it is identity-mapped with the rest of secure DRAM.
+        let disk = unsafe { core::slice::from_raw_parts_mut(at as *mut u8, len) };
+        disk.fill(0);
+        let serial = &settings.serial;
+        let n = serial.iter().position(|&b| b == 0).unwrap_or(serial.len());
+        log!("vmsgd-sp: device 1: virtio-blk on {len:#x} bytes of secure RAM at {at:#x}");
+        devices.push((
+            1,
+            Box::new(BlkDevice::new(
+                MemoryStore::new(disk),
+                false,
+                128,
+                &serial[..n],
+            )),
+        ));
     }
-    // SAFETY: the pool is mapped (non-secure, just above) for the life of
-    // the partition and is the driver's DMA memory, nothing of ours.
-    let pool = unsafe { Window::new(NS_POOL.0 as *mut u8, NS_POOL.1) };
     let spmc = match spmc::El3Spmc::init(TABLES.get()?) {
         Ok(s) => s,
         Err(e) => {
@@ -124,11 +140,16 @@ fn build_bus() -> Option<FfaBus<spmc::El3Spmc>> {
     };
     log!("vmsgd-sp: partition {:#x}", spmc.own_id());
     // The RFC driver and a v2 driver differ from their first VERSION on.
-    Some(
-        FfaBus::new(FfaProfile::V2, spmc, devices)
-            .with_pool(NS_POOL.0 as u64, pool)
-            .detecting(),
-    )
+    let mut bus = FfaBus::new(FfaProfile::V2, spmc, devices).detecting();
+    if let Some((at, len)) = settings.rfc_pool {
+        mmu::map_non_secure(&mut TABLES.get()?.lock(), at, at + len);
+        // SAFETY: the pool is mapped (non-secure, just above) for the life
+        // of the partition and is the driver's DMA memory, nothing of ours.
+        let pool = unsafe { Window::new(at as *mut u8, len) };
+        log!("vmsgd-sp: RFC bus DMA pool {len:#x} bytes at {at:#x}");
+        bus = bus.with_pool(at as u64, pool);
+    }
+    Some(bus)
 }
 
 /// A secondary execution context, from `secondary_entry`.

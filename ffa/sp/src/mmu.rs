@@ -99,6 +99,16 @@ pub fn map_at(tables: &mut Tables, va: usize, pa: usize, len: usize, ns: bool) {
     map_to(tables, va, va + len, pa, attrs);
 }
 
+/// Map `[start, end)` of secure memory read-only (the boot information).
+pub fn map_secure_ro(tables: &mut Tables, start: usize, end: usize) {
+    map(
+        tables,
+        start,
+        end,
+        NORMAL | El1Attributes::READ_ONLY | El1Attributes::UXN | El1Attributes::PXN,
+    );
+}
+
 /// Remove the mapping of `[va, va + len)` and make every core forget it.
 pub fn unmap(tables: &mut Tables, va: usize, len: usize) {
     map_to(tables, va, va + len, 0, El1Attributes::empty());
