@@ -27,6 +27,7 @@ use vmsg_device_core::host::{CoreDevice, HostedDevice};
 use vmsg_proto::{Body, Codec, Message};
 use vmsg_transport::bus::{DeviceSet, answer_bus_request};
 
+use crate::fifo::Fifo;
 use crate::msg::{self, EventMethod, FfaProfile, Payload, Request, feature, id, result, v2};
 use crate::spmc::Spmc;
 use crate::window::{Addressing, BusMemory, Window};
@@ -39,6 +40,10 @@ pub const MAX_AREA_PAGES: u32 = 1 << 18;
 pub const MAX_AREAS: u16 = 255;
 /// The FF-A version the partition implements.
 pub const FFA_VERSION: u32 = 0x0001_0002;
+/// Pages a FIFO region may have.
+pub const MAX_FIFO_PAGES: u16 = 64;
+/// The partition's doorbell id it gives a FIFO driver.
+pub const DEVICE_NOTIF_ID: u16 = 0;
 /// Size of the DIRECT_REQ2 / RESP2 payload (x4–x17).
 pub const DIRECT_PAYLOAD: usize = 112;
 
@@ -79,6 +84,21 @@ pub struct FfaCounters {
     pub spmc_errors: u64,
     /// RESETs.
     pub resets: u64,
+    /// Frames taken from the FIFO.
+    pub fifo_frames: u64,
+    /// FIFOs given up because the driver broke their indices.
+    pub fifo_broken: u64,
+}
+
+/// What handling one frame produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    /// A response of this many bytes is in the output buffer.
+    Response(usize),
+    /// An event was taken (no response is due; direct messaging acks it).
+    Event,
+    /// The frame was refused or dropped (direct messaging answers ERROR).
+    Refused,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +131,9 @@ pub struct FfaBus<S: Spmc> {
     areas: Areas,
     pool: Option<(u64, Window)>,
     events: VecDeque<Vec<u8>>,
+    fifo: Option<Fifo>,
+    /// Frames for ring B that found it full (bounded like events).
+    fifo_out: VecDeque<Vec<u8>>,
     counters: FfaCounters,
 }
 
@@ -165,6 +188,8 @@ impl<S: Spmc> FfaBus<S> {
             areas: Areas::default(),
             pool: None,
             events: VecDeque::new(),
+            fifo: None,
+            fifo_out: VecDeque::new(),
             counters: FfaCounters::default(),
         }
     }
@@ -252,46 +277,144 @@ impl<S: Spmc> FfaBus<S> {
     /// least [`DIRECT_PAYLOAD`] bytes, zeroed beyond the frame); returns its
     /// length.
     pub fn handle_direct(&mut self, sender: u16, frame: &[u8], out: &mut [u8]) -> usize {
-        self.counters.frames += 1;
         out.iter_mut().for_each(|b| *b = 0);
+        let n = match self.handle_frame(sender, frame, out) {
+            Ok(Reply::Response(n)) => n,
+            Ok(Reply::Event) => match self
+                .codec
+                .decode(&frame[..frame.len().min(self.codec.max_msg_size())])
+            {
+                Ok(msg) => self.ack(&msg, out),
+                Err(_) => 0,
+            },
+            Ok(Reply::Refused) => match self
+                .codec
+                .decode(&frame[..frame.len().min(self.codec.max_msg_size())])
+            {
+                Ok(msg) => self.error(&msg, out),
+                Err(_) => self.error_raw(frame, out),
+            },
+            Err(()) => self.error_raw(frame, out),
+        };
+        self.run_pending();
+        self.flush_fifo();
+        n
+    }
+
+    /// One frame from `sender`, however it arrived; `Err` for a frame that
+    /// does not decode (or comes from the wrong endpoint).
+    fn handle_frame(&mut self, sender: u16, frame: &[u8], out: &mut [u8]) -> Result<Reply, ()> {
+        self.counters.frames += 1;
         if let Some(peer) = self.peer {
             if peer != sender {
                 self.counters.foreign += 1;
-                return self.error_raw(frame, out);
+                return Err(());
             }
         }
         self.detect_profile(frame);
         let frame = &frame[..frame.len().min(self.codec.max_msg_size())];
-        let msg = match self.codec.decode(frame) {
-            Ok(m) => m,
-            Err(_) => {
-                self.counters.malformed += 1;
-                return self.error_raw(frame, out);
-            }
+        let Ok(msg) = self.codec.decode(frame) else {
+            self.counters.malformed += 1;
+            return Err(());
         };
-        let n = if msg.body.is_bus() {
+        out.iter_mut().for_each(|b| *b = 0);
+        Ok(if msg.body.is_bus() {
             self.bus_request(sender, &msg, out)
         } else {
             self.transport(&msg, out)
-        };
-        self.run_pending();
-        n
+        })
     }
 
-    fn transport(&mut self, msg: &Message<'_>, out: &mut [u8]) -> usize {
+    /// The driver rang the FIFO's doorbell: take every frame of ring A
+    /// (at most one ring's worth), answer each into ring B, ring the
+    /// driver's doorbell if anything was queued. Returns the frames taken.
+    pub fn fifo_doorbell(&mut self, sender: u16) -> usize {
+        let mut taken = 0;
+        let depth = self.fifo.as_ref().map_or(0, Fifo::depth);
+        let mut frame = [0u8; DIRECT_PAYLOAD];
+        let mut out = [0u8; DIRECT_PAYLOAD];
+        for _ in 0..depth {
+            let Some(fifo) = self.fifo.as_ref() else {
+                break;
+            };
+            frame.fill(0);
+            let n = match fifo.pop(&mut frame) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(_) => {
+                    self.break_fifo();
+                    break;
+                }
+            };
+            taken += 1;
+            self.counters.fifo_frames += 1;
+            // Over the FIFO there is no ack and no ERROR: what gets no
+            // response is dropped (§6.3), the driver's timeout tells it.
+            if let Ok(Reply::Response(len)) = self.handle_frame(sender, &frame[..n], &mut out) {
+                self.fifo_out.push_back(out[..len].to_vec());
+            }
+            self.run_pending();
+        }
+        self.flush_fifo();
+        taken
+    }
+
+    /// Move queued frames to ring B while it has room; ring the driver.
+    fn flush_fifo(&mut self) {
+        let mut pushed = false;
+        while let (Some(fifo), Some(front)) = (self.fifo.as_ref(), self.fifo_out.front()) {
+            match fifo.push(front) {
+                Ok(true) => {
+                    self.fifo_out.pop_front();
+                    pushed = true;
+                }
+                Ok(false) => break,
+                Err(_) => {
+                    self.break_fifo();
+                    break;
+                }
+            }
+        }
+        if pushed {
+            let id = self.fifo.as_ref().map_or(0, |f| f.driver_notif_id);
+            if let Some(peer) = self.peer {
+                if self.spmc.notify(peer, id).is_err() {
+                    self.counters.spmc_errors += 1;
+                }
+            }
+        }
+    }
+
+    /// The driver broke the FIFO's indices: stop serving it.
+    fn break_fifo(&mut self) {
+        self.counters.fifo_broken += 1;
+        self.release_fifo();
+    }
+
+    fn release_fifo(&mut self) {
+        self.fifo_out.clear();
+        if let Some(f) = self.fifo.take() {
+            let (handle, window) = f.release();
+            if self.spmc.relinquish(handle, window).is_err() {
+                self.counters.spmc_errors += 1;
+            }
+        }
+    }
+
+    fn transport(&mut self, msg: &Message<'_>, out: &mut [u8]) -> Reply {
         if self.profile == FfaProfile::V2 && !self.negotiated() {
             // §8.4: until negotiation completes, only VERSION and RESET.
             self.counters.refused += 1;
-            return self.error(msg, out);
+            return Reply::Refused;
         }
         let Some(i) = self.devices.iter().position(|d| d.dev_num() == msg.dev_num) else {
             self.counters.unknown_device += 1;
-            return self.error(msg, out);
+            return Reply::Refused;
         };
         let is_event = matches!(msg.body, Body::EventAvail { .. });
         let handled = match self.devices[i].handle(msg, out) {
             Ok(h) => h,
-            Err(_) => return self.error(msg, out),
+            Err(_) => return Reply::Refused,
         };
         let mut emitted: Vec<Vec<u8>> = Vec::new();
         {
@@ -306,9 +429,9 @@ impl<S: Spmc> FfaBus<S> {
             self.queue_event(e);
         }
         match handled.response {
-            Some(n) => n,
-            None if is_event => self.ack(msg, out),
-            None => self.error(msg, out),
+            Some(n) => Reply::Response(n),
+            None if is_event => Reply::Event,
+            None => Reply::Refused,
         }
     }
 
@@ -339,6 +462,14 @@ impl<S: Spmc> FfaBus<S> {
 
     fn queue_event(&mut self, frame: Vec<u8>) {
         self.counters.events += 1;
+        if self.event_method == Some(EventMethod::Fifo) && self.fifo.is_some() {
+            if self.fifo_out.len() >= EVENT_QUEUE_MAX {
+                self.counters.events_dropped += 1;
+            } else {
+                self.fifo_out.push_back(frame);
+            }
+            return;
+        }
         let deliverable = self.profile == FfaProfile::V2
             && matches!(
                 self.event_method,
@@ -358,7 +489,7 @@ impl<S: Spmc> FfaBus<S> {
         }
     }
 
-    fn bus_request(&mut self, sender: u16, msg: &Message<'_>, out: &mut [u8]) -> usize {
+    fn bus_request(&mut self, sender: u16, msg: &Message<'_>, out: &mut [u8]) -> Reply {
         let Body::BusSpecific {
             msg_id,
             response: false,
@@ -368,13 +499,13 @@ impl<S: Spmc> FfaBus<S> {
             // GET_DEVICES, PING: the generic bus answers (after VERSION on v2).
             if self.profile == FfaProfile::V2 && !self.negotiated() {
                 self.counters.refused += 1;
-                return self.error(msg, out);
+                return Reply::Refused;
             }
             return match answer_bus_request(&Present(&self.devices), &self.codec, msg, out) {
-                Ok(Some(n)) => n,
+                Ok(Some(n)) => Reply::Response(n),
                 _ => {
                     self.counters.refused += 1;
-                    self.error(msg, out)
+                    Reply::Refused
                 }
             };
         };
@@ -382,7 +513,7 @@ impl<S: Spmc> FfaBus<S> {
             Ok(r) => r,
             Err(_) => {
                 self.counters.refused += 1;
-                return self.error(msg, out);
+                return Reply::Refused;
             }
         };
         let gated = !matches!(
@@ -391,7 +522,7 @@ impl<S: Spmc> FfaBus<S> {
         );
         if self.profile == FfaProfile::V2 && gated && !self.negotiated() {
             self.counters.refused += 1;
-            return self.error(msg, out);
+            return Reply::Refused;
         }
         let reply = match req {
             Request::VersionRfc { .. } => {
@@ -423,18 +554,17 @@ impl<S: Spmc> FfaBus<S> {
                 self.reset();
                 msg::result_response(result::OK)
             }
-            Request::EventPoll => return self.event_poll(msg, out),
+            Request::EventPoll => return Reply::Response(self.event_poll(msg, out)),
             Request::EventConfigure { method, notif_id } => {
                 msg::result_response(self.event_configure(method, notif_id))
             }
-            Request::FifoConfigure { .. } => {
-                // The FIFO needs doorbells both ways; not offered in
-                // bus_features, so a driver asking is refused.
-                self.counters.refused += 1;
-                msg::fifo_response(result::ERROR, 0)
-            }
+            Request::FifoConfigure {
+                mem_handle,
+                page_count,
+                driver_notif_id,
+            } => self.fifo_configure(sender, mem_handle, page_count, driver_notif_id),
         };
-        self.respond(msg, msg_id, &reply, out)
+        Reply::Response(self.respond(msg, msg_id, &reply, out))
     }
 
     /// The v2 VERSION negotiation (reference §8.4).
@@ -447,7 +577,7 @@ impl<S: Spmc> FfaBus<S> {
     ) -> Payload {
         let ours = (v2::BUS_VERSION, v2::TRANSPORT_REVISION);
         let asked = (bus_version, revision);
-        let features = feature::DIRECT_RX | feature::DIRECT_TX;
+        let features = self.bus_features();
         let offer = || msg::version_response(ours.0, ours.1, FFA_VERSION, features, MAX_AREAS);
         if ffa_version < v2::MIN_FFA_VERSION {
             self.counters.refused += 1;
@@ -472,6 +602,58 @@ impl<S: Spmc> FfaBus<S> {
         } else {
             // Below what we support: not supported.
             msg::version_response(0, 0, FFA_VERSION, 0, 0)
+        }
+    }
+
+    /// Direct messages both ways; the FIFO only where notifications exist
+    /// (its doorbells).
+    fn bus_features(&self) -> u32 {
+        let mut f = feature::DIRECT_RX | feature::DIRECT_TX;
+        if self.spmc.has_notifications() {
+            f |= feature::FIFO;
+        }
+        f
+    }
+
+    fn fifo_configure(
+        &mut self,
+        sender: u16,
+        handle: u64,
+        pages: u16,
+        driver_notif_id: u16,
+    ) -> Payload {
+        let refused = self.fifo.is_some()
+            || !self.spmc.has_notifications()
+            || pages == 0
+            || pages > MAX_FIFO_PAGES
+            || self.areas.handles.values().any(|&h| h == handle);
+        if refused {
+            self.counters.refused += 1;
+            return msg::fifo_response(result::ERROR, 0);
+        }
+        // Shared read/write (type share, W): the device writes ring B.
+        let window = match self
+            .spmc
+            .retrieve(sender, handle, 0, 1 << 2, u32::from(pages))
+        {
+            Ok(w) => w,
+            Err(_) => {
+                self.counters.spmc_errors += 1;
+                return msg::fifo_response(result::ERROR, 0);
+            }
+        };
+        match Fifo::new(window, handle, driver_notif_id) {
+            Ok(f) => {
+                self.fifo = Some(f);
+                msg::fifo_response(result::OK, DEVICE_NOTIF_ID)
+            }
+            Err(_) => {
+                self.counters.refused += 1;
+                if self.spmc.relinquish(handle, window).is_err() {
+                    self.counters.spmc_errors += 1;
+                }
+                msg::fifo_response(result::ERROR, 0)
+            }
         }
     }
 
@@ -561,6 +743,7 @@ impl<S: Spmc> FfaBus<S> {
         let ok = match method {
             Some(EventMethod::Poll) => true,
             Some(EventMethod::Notification) => self.spmc.has_notifications(),
+            Some(EventMethod::Fifo) => self.fifo.is_some(),
             _ => false,
         };
         if self.event_method.is_some() || !ok {
@@ -594,6 +777,7 @@ impl<S: Spmc> FfaBus<S> {
             self.release_area(area, handle);
         }
         self.events.clear();
+        self.release_fifo();
         self.event_method = None;
         if self.profile == FfaProfile::V2 {
             self.negotiation = Negotiation::None;

@@ -9,6 +9,7 @@
 //!   both generations ([`msg::FfaProfile`]).
 //! * [`bus`]: [`bus::FfaBus`], one bus instance for one driver endpoint,
 //!   answering every direct message with one response frame.
+//! * [`fifo`]: the VFFAFIFO rings (where the SPMC has notifications).
 //! * [`window`]: driver memory the partition mapped, reached by bus address.
 //! * [`spmc`]: what the bus asks of the SPMC (memory retrieve, relinquish,
 //!   notifications).
@@ -19,6 +20,7 @@
 extern crate alloc;
 
 pub mod bus;
+pub mod fifo;
 pub mod msg;
 pub mod partition;
 pub mod spmc;
