@@ -647,3 +647,40 @@ fn a_detecting_bus_takes_the_generation_of_the_first_version() {
     assert_eq!(bus.profile(), FfaProfile::V2);
     assert_eq!(u32_at(&out, 8), 0x0001_0000);
 }
+
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any register contents from any sender, in any order, after any
+        /// negotiation state: one bounded answer, zero beyond it, and the
+        /// bus still negotiates afterwards.
+        #[test]
+        fn any_frames_get_one_bounded_answer(
+            frames in proptest::collection::vec(
+                (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..DIRECT_PAYLOAD)),
+                1..24,
+            ),
+            negotiate_first in any::<bool>(),
+        ) {
+            let mut w = World::new();
+            if negotiate_first {
+                w.negotiate();
+                assert_eq!(w.share(1, NS_BASE, 16), 0);
+            }
+            for (foreign, bytes) in frames {
+                let sender = if foreign { 0x0002 } else { DRIVER };
+                let r = w.send_as(sender, &bytes);
+                prop_assert!(r.len() <= 96);
+            }
+            // RESET always works, and negotiation after it.
+            let r = w.bus(RESET, &[]);
+            prop_assert_eq!(r[1], RESET);
+            w.negotiate();
+        }
+    }
+}
