@@ -38,6 +38,9 @@
 //!   [`FakeKernelOptions::remove_deadlocks`] (the default) the fake's REMOVE
 //!   takes the transfer lock and blocks until [`FakeLoopbackKernel::close`];
 //!   clear it to fake a kernel whose REMOVE works.
+//! * **Power-off resets every device** ([`FakeLoopbackKernel::shutdown`]):
+//!   devices vmsgd left registered cost the real kernel one transfer
+//!   timeout each once vmsgd is gone.
 //! * **The pool**: a memfd of the pool size; `pool_size` is its length (the
 //!   `lseek(SEEK_END)` answer), `map_pool` maps it shared.
 //!   [`FakeLoopbackKernel::pool_memory`] is the kernel's own view of it at
@@ -366,6 +369,21 @@ impl FakeLoopbackKernel {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
+    }
+
+    /// The kernel powering off: `device_shutdown()` resets every registered
+    /// device (SET_DEVICE_STATUS 0 through the transfer path, seen on the
+    /// real kernel). Returns how many resets went unanswered — each costs
+    /// the real kernel its transfer timeout.
+    pub fn shutdown(&self) -> usize {
+        let devices = self.devices();
+        devices
+            .into_iter()
+            .filter(|&id| {
+                self.transfer(&frame(0, SET_DEVICE_STATUS, id, &0u32.to_le_bytes()))
+                    .is_err()
+            })
+            .count()
     }
 
     /// The message node opened again, as by a new daemon process after the

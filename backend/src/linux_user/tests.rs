@@ -419,3 +419,22 @@ fn a_device_left_by_an_earlier_run_is_not_removed_without_kernel_remove() {
     assert_eq!(k.stats().removes, 0);
     assert_eq!(k.devices(), vec![2]);
 }
+
+#[test]
+fn power_off_resets_every_device_and_waits_out_the_ones_nobody_serves() {
+    // Seen on the real kernel: device_shutdown() resets each registered
+    // device; with vmsgd gone, each reset waits for the transfer timeout.
+    let k = fake(Duration::from_millis(100));
+    let rx = probed(&k);
+    let served = Served::start(&k, &[0, 3]);
+    wait_probed(&rx, &[0, 3]);
+    // While vmsgd serves, the resets are answered.
+    assert_eq!(k.shutdown(), 0);
+    let (end, _) = served.stop();
+    end.expect("serve");
+    // vmsgd stopped without REMOVE: the devices are still registered, and
+    // the kernel's reset of each now times out.
+    k.reopen();
+    assert_eq!(k.shutdown(), 2);
+    assert_eq!(k.stats().timeouts, 2);
+}
