@@ -290,4 +290,6 @@ fn read_desc(mem: &dyn DmaMemory, at: u64) -> Result<(Desc, u16), MemoryError> {
 }
 
 #[cfg(test)]
+mod hostile;
+#[cfg(test)]
 mod tests;

@@ -170,9 +170,13 @@ pub fn parse(descs: impl Iterator<Item = Desc>, mem: &dyn DmaMemory, lim: &Limit
             if !no_payload {
                 return fail(S_IOERR);
             }
-            Ok(Body::GetId {
-                data: pieces(writable, 0, w_len - 1),
-            })
+            // The device fills the whole buffer (ID, then NULs: §2.7.8.2
+            // wants `len` bytes written), so it is bounded like a read's.
+            let data = pieces(writable, 0, w_len - 1);
+            if data.len() > lim.seg_max as usize || data.iter().any(|p| p.len > lim.size_max) {
+                return fail(S_IOERR);
+            }
+            Ok(Body::GetId { data })
         }
         vb::VIRTIO_BLK_T_DISCARD | vb::VIRTIO_BLK_T_WRITE_ZEROES => {
             let discard = rtype == vb::VIRTIO_BLK_T_DISCARD;
@@ -306,3 +310,6 @@ fn gather(mem: &dyn DmaMemory, descs: &[Desc], start: u64, out: &mut [u8]) -> Op
     }
     (filled == out.len()).then_some(())
 }
+
+#[cfg(test)]
+mod tests;
