@@ -3,8 +3,8 @@
 //!
 //! Requests are parsed and validated by [`request`] and the config space is
 //! [`config`], both `vmsg-device-core`'s (shared with the FF-A secure
-//! partition, reached through [`crate::guest_dma`]); requests are turned into engine
-//! operations and executed by an [`engine::BlockEngine`]: synchronously
+//! partition, reached through [`crate::guest_dma`]). Requests are turned
+//! into engine operations and executed by an [`engine::BlockEngine`]: synchronously
 //! (`preadv`/`pwritev` inside `process_queue`) or through io_uring
 //! (submitted in `process_queue`, completed in `handle_event` when the
 //! ring's eventfd fires). Guest buffers are handed to the kernel in place as
