@@ -23,6 +23,8 @@ forbidden=(
     'FakeLoopbackKernel'        # (vmsg-backend/fake-kernel)
     'vmsg_devices::blk::engine::fake' # FakeEngine, FakeDisk (vmsg-devices/fake)
     'FakeEngine'                # (vmsg-devices/fake)
+    'vmsg_device_core::fake'    # FakeMemory (vmsg-device-core/fake)
+    'FakeMemory'                # (vmsg-device-core/fake)
     'vmsg_driver::fake'         # vmsg-driver's test device (cfg(test) only)
     'FakeBlk'                   # (cfg(test) only)
 )
@@ -30,6 +32,7 @@ forbidden=(
 expected=(
     'vmsg_xen::bus::backend'    # the dom0 side of the Xen bus
     'vmsgd::daemon'
+    'vmsg_device_core::blk::request' # the shared blk parser the daemon uses
 )
 
 features_check() {

@@ -5,6 +5,11 @@
 //! can put an in-memory fake behind it. The blk engine's fake
 //! (`blk::engine::FakeEngine`) is compiled for this crate's tests or with the
 //! feature `fake`, never into the daemon.
+//!
+//! What the std models share with the FF-A secure partition (blk request
+//! parsing and config space) comes from the no_std `vmsg-device-core`;
+//! [`guest_dma`] shows it this side's guest memory and descriptors.
 
 pub mod blk;
+pub mod guest_dma;
 pub mod rng;

@@ -10,8 +10,9 @@
 //!   machine, the model, its live queues, and the events they produce.
 //! * [`rng`], [`blk`]: device models whose request handling both sides use.
 //!
-//! The std daemon keeps `virtio-queue`/`vm-memory` for its queues
-//! (docs/ffa.md says why) and shares the request parsing and config space.
+//! The std daemon keeps `virtio-queue`/`vm-memory` for its queues (measured
+//! faster there: docs/performance.md, "Split virtqueue") and shares the
+//! request parsing and config space, through `vmsg_devices::guest_dma`.
 #![no_std]
 
 extern crate alloc;

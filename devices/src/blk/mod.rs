@@ -1,8 +1,10 @@
 //! virtio-blk (device id 2): a disk backed by a raw image file or a host
 //! block device.
 //!
-//! Requests are parsed and validated by [`request`], turned into engine
-//! operations and executed by an [`engine::BlockEngine`]: synchronously
+//! Requests are parsed and validated by [`request`] and the config space is
+//! [`config`], both `vmsg-device-core`'s (shared with the FF-A secure
+//! partition, reached through [`crate::guest_dma`]). Requests are turned
+//! into engine operations and executed by an [`engine::BlockEngine`]: synchronously
 //! (`preadv`/`pwritev` inside `process_queue`) or through io_uring
 //! (submitted in `process_queue`, completed in `handle_event` when the
 //! ring's eventfd fires). Guest buffers are handed to the kernel in place as
@@ -19,9 +21,8 @@
 //! (`writeback = false`) chose writethrough; otherwise they are writeback
 //! and FLUSH makes them durable.
 
-pub mod config;
 pub mod engine;
-pub mod request;
+pub use vmsg_device_core::blk::{config, request};
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,7 @@ use self::engine::{
     open_engine,
 };
 use self::request::{Body, Limits, Piece, S_IOERR, S_OK};
+use crate::guest_dma::{GuestDma, core_desc};
 
 /// virtio device type of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -281,7 +283,12 @@ impl BlkDevice {
     ) -> Result<Self, BlkError> {
         let serial = cfg.validate()?;
         let read_only = cfg.read_only || info.read_only;
-        let space = BlkConfigSpace::new(&info, cfg.num_queues, cfg.queue_size, cfg.writeback);
+        let space = BlkConfigSpace::new(
+            &info.geometry(),
+            cfg.num_queues,
+            cfg.queue_size,
+            cfg.writeback,
+        );
         Ok(Self {
             name: name.into(),
             info,
@@ -376,7 +383,7 @@ impl BlkDevice {
                     break;
                 };
                 let head = chain.head_index();
-                let parsed = request::parse(chain, mem, &limits);
+                let parsed = request::parse(chain.map(core_desc), &GuestDma(mem), &limits);
                 used |= self.start(q, queue, ident, head, parsed, mem)?;
                 if inline {
                     used |= self.complete_inline(q, queue, mem)?;
@@ -402,7 +409,7 @@ impl BlkDevice {
         parsed: request::Parsed,
         mem: &GuestMemory,
     ) -> Result<bool, DeviceError> {
-        let Some(status) = parsed.status else {
+        let Some(status) = parsed.status.map(GuestAddress) else {
             debug!("{}: q{q}: request {head} has no status byte", self.name);
             self.stats.unanswerable += 1;
             return add_used(q, queue, mem, head, 0);
@@ -617,7 +624,7 @@ fn add_used(
 fn map(mem: &GuestMemory, data: &[Piece]) -> Option<IoVecs> {
     let mut iov = IoVecs::with_capacity(data.len());
     for p in data {
-        for slice in mem.get_slices(p.addr, p.len as usize) {
+        for slice in mem.get_slices(GuestAddress(p.addr), p.len as usize) {
             let slice = slice.ok()?;
             // An mmap region's pointer stays valid after the guard is gone
             // (the guard only matters for Xen mappings, not built here).
@@ -639,7 +646,7 @@ fn write_id(mem: &GuestMemory, data: &[Piece], serial: &[u8; SERIAL_LEN]) -> boo
                 .filter(|s| !s.is_empty())
                 .unwrap_or(&ZEROES);
             let n = src.len().min(p.len as usize - done);
-            let Some(addr) = p.addr.0.checked_add(done as u64) else {
+            let Some(addr) = p.addr.checked_add(done as u64) else {
                 return false;
             };
             if mem.write_slice(&src[..n], GuestAddress(addr)).is_err() {

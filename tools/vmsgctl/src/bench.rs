@@ -9,12 +9,17 @@
 //! `blk`: virtio-blk I/O through the whole stack against the same I/O issued
 //! directly on the same image file (see [`blk`]).
 //!
+//! `queue`: the device side of a split virtqueue with virtio-queue (the std
+//! daemon's) against vmsg-device-core's `SplitQueue` (the FF-A
+//! partition's), on the same guest memory (see [`queue`]).
+//!
 //! `xen`: the Xen bus (fake hypervisor) against the local bus: PING round
 //! trip, virtio-blk random reads, grant cache hit rate (`xen.rs`). It links
 //! vmsg-xen's fake hypervisor and domU frontend, so it is built only with the
 //! feature `xen-bench` (and for the tests).
 
 mod blk;
+mod queue;
 #[cfg(any(test, feature = "xen-bench"))]
 mod xen;
 
@@ -42,6 +47,10 @@ pub enum BenchCommand {
     /// virtio-blk through driver, bus and daemon vs the same I/O directly
     /// on the image (same engine, same queue depth).
     Blk(blk::BlkArgs),
+    /// Split virtqueue, device side: virtio-queue (std daemon) vs
+    /// vmsg-device-core's SplitQueue (FF-A partition) popping the same
+    /// chains from the same guest memory, in chains per second.
+    Queue(queue::QueueArgs),
     /// The Xen bus over the fake hypervisor vs the local bus in the same
     /// run: PING round trip, virtio-blk 4 KiB random-read IOPS at QD1 and
     /// QD16, grant cache hit rate.
@@ -53,6 +62,7 @@ pub fn run(which: &BenchCommand) -> Result<ExitCode, AnyError> {
     match which {
         BenchCommand::Rtt { iters } => rtt(*iters),
         BenchCommand::Blk(args) => blk::run(args),
+        BenchCommand::Queue(args) => queue::run(args),
         BenchCommand::Xen(args) => xen_bench(args),
     }
 }

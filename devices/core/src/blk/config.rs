@@ -190,3 +190,145 @@ pub fn offered_features(read_only: bool, num_queues: u16) -> u64 {
     }
     f
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use core::mem::{offset_of, size_of};
+
+    use virtio_bindings::virtio_blk::{virtio_blk_config, virtio_blk_config_virtio_blk_geometry};
+
+    use super::*;
+
+    #[test]
+    fn offsets_match_the_uapi_layout() {
+        use offset::*;
+        type C = virtio_blk_config;
+        type G = virtio_blk_config_virtio_blk_geometry;
+        assert_eq!(size_of::<C>(), CONFIG_SIZE);
+        assert_eq!(offset_of!(C, capacity), CAPACITY);
+        assert_eq!(offset_of!(C, size_max), SIZE_MAX);
+        assert_eq!(offset_of!(C, seg_max), SEG_MAX);
+        assert_eq!(
+            offset_of!(C, geometry) + offset_of!(G, cylinders),
+            CYLINDERS
+        );
+        assert_eq!(offset_of!(C, geometry) + offset_of!(G, heads), HEADS);
+        assert_eq!(offset_of!(C, geometry) + offset_of!(G, sectors), SECTORS);
+        assert_eq!(offset_of!(C, blk_size), BLK_SIZE);
+        assert_eq!(offset_of!(C, physical_block_exp), PHYSICAL_BLOCK_EXP);
+        assert_eq!(offset_of!(C, alignment_offset), ALIGNMENT_OFFSET);
+        assert_eq!(offset_of!(C, min_io_size), MIN_IO_SIZE);
+        assert_eq!(offset_of!(C, opt_io_size), OPT_IO_SIZE);
+        assert_eq!(offset_of!(C, wce), WRITEBACK);
+        assert_eq!(offset_of!(C, num_queues), NUM_QUEUES);
+        assert_eq!(offset_of!(C, max_discard_sectors), MAX_DISCARD_SECTORS);
+        assert_eq!(offset_of!(C, max_discard_seg), MAX_DISCARD_SEG);
+        assert_eq!(
+            offset_of!(C, discard_sector_alignment),
+            DISCARD_SECTOR_ALIGNMENT
+        );
+        assert_eq!(
+            offset_of!(C, max_write_zeroes_sectors),
+            MAX_WRITE_ZEROES_SECTORS
+        );
+        assert_eq!(offset_of!(C, max_write_zeroes_seg), MAX_WRITE_ZEROES_SEG);
+        assert_eq!(
+            offset_of!(C, write_zeroes_may_unmap),
+            WRITE_ZEROES_MAY_UNMAP
+        );
+    }
+
+    /// The constants of `vb` against Linux's uapi header as virtio-bindings
+    /// has it.
+    #[test]
+    fn constants_match_the_uapi() {
+        use virtio_bindings::virtio_blk as uapi;
+        assert_eq!(vb::VIRTIO_BLK_F_SIZE_MAX, uapi::VIRTIO_BLK_F_SIZE_MAX);
+        assert_eq!(vb::VIRTIO_BLK_F_SEG_MAX, uapi::VIRTIO_BLK_F_SEG_MAX);
+        assert_eq!(vb::VIRTIO_BLK_F_GEOMETRY, uapi::VIRTIO_BLK_F_GEOMETRY);
+        assert_eq!(vb::VIRTIO_BLK_F_RO, uapi::VIRTIO_BLK_F_RO);
+        assert_eq!(vb::VIRTIO_BLK_F_BLK_SIZE, uapi::VIRTIO_BLK_F_BLK_SIZE);
+        assert_eq!(vb::VIRTIO_BLK_F_FLUSH, uapi::VIRTIO_BLK_F_FLUSH);
+        assert_eq!(vb::VIRTIO_BLK_F_TOPOLOGY, uapi::VIRTIO_BLK_F_TOPOLOGY);
+        assert_eq!(vb::VIRTIO_BLK_F_CONFIG_WCE, uapi::VIRTIO_BLK_F_CONFIG_WCE);
+        assert_eq!(vb::VIRTIO_BLK_F_MQ, uapi::VIRTIO_BLK_F_MQ);
+        assert_eq!(vb::VIRTIO_BLK_F_DISCARD, uapi::VIRTIO_BLK_F_DISCARD);
+        assert_eq!(
+            vb::VIRTIO_BLK_F_WRITE_ZEROES,
+            uapi::VIRTIO_BLK_F_WRITE_ZEROES
+        );
+        assert_eq!(vb::VIRTIO_BLK_T_IN, uapi::VIRTIO_BLK_T_IN);
+        assert_eq!(vb::VIRTIO_BLK_T_OUT, uapi::VIRTIO_BLK_T_OUT);
+        assert_eq!(vb::VIRTIO_BLK_T_FLUSH, uapi::VIRTIO_BLK_T_FLUSH);
+        assert_eq!(vb::VIRTIO_BLK_T_GET_ID, uapi::VIRTIO_BLK_T_GET_ID);
+        assert_eq!(vb::VIRTIO_BLK_T_DISCARD, uapi::VIRTIO_BLK_T_DISCARD);
+        assert_eq!(
+            vb::VIRTIO_BLK_T_WRITE_ZEROES,
+            uapi::VIRTIO_BLK_T_WRITE_ZEROES
+        );
+        assert_eq!(u32::from(vb::VIRTIO_BLK_S_OK), uapi::VIRTIO_BLK_S_OK);
+        assert_eq!(u32::from(vb::VIRTIO_BLK_S_IOERR), uapi::VIRTIO_BLK_S_IOERR);
+        assert_eq!(
+            u32::from(vb::VIRTIO_BLK_S_UNSUPP),
+            uapi::VIRTIO_BLK_S_UNSUPP
+        );
+        assert_eq!(
+            vb::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+            uapi::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+        );
+        assert_eq!(vb::VIRTIO_BLK_ID_BYTES, uapi::VIRTIO_BLK_ID_BYTES as usize);
+    }
+
+    fn geometry(size: u64, lbs: u32, pbs: u32) -> DiskGeometry {
+        DiskGeometry {
+            size,
+            logical_block_size: lbs,
+            physical_block_size: pbs,
+            alignment_offset: 0,
+            min_io_size: pbs,
+            opt_io_size: 0,
+        }
+    }
+
+    #[test]
+    fn bytes_are_little_endian_and_padding_zero() {
+        let c = BlkConfigSpace::new(&geometry(1 << 30, 512, 4096), 4, 256, true);
+        let b = c.to_bytes();
+        assert_eq!(&b[0..8], &(2u64 << 20).to_le_bytes());
+        assert_eq!(&b[8..12], &SIZE_MAX.to_le_bytes());
+        assert_eq!(&b[12..16], &126u32.to_le_bytes());
+        assert_eq!(&b[20..24], &512u32.to_le_bytes());
+        assert_eq!(b[24], 3, "4096/512 = 2^3");
+        assert_eq!(&b[26..28], &8u16.to_le_bytes());
+        assert_eq!(b[32], 1);
+        assert_eq!(b[33], 0, "unused0");
+        assert_eq!(&b[34..36], &4u16.to_le_bytes());
+        assert_eq!(&b[44..48], &1u32.to_le_bytes());
+        assert_eq!(b[56], 1);
+        assert!(b[57..].iter().all(|&x| x == 0), "unused1 and beyond");
+    }
+
+    #[test]
+    fn capacity_counts_whole_logical_blocks() {
+        let c = BlkConfigSpace::new(&geometry(3 * 4096 + 1000, 4096, 4096), 1, 8, false);
+        assert_eq!(c.capacity, 24);
+        assert_eq!(c.blk_size, 4096);
+        assert_eq!(c.discard_sector_alignment, 8);
+        assert_eq!(c.max_discard_sectors % 8, 0);
+        assert_eq!(c.seg_max, 6, "bounded by queue size - 2");
+        assert_eq!(c.physical_block_exp, 0);
+    }
+
+    #[test]
+    fn features_follow_the_disk() {
+        let rw = offered_features(false, 1);
+        assert_eq!(rw & bit(vb::VIRTIO_BLK_F_RO), 0);
+        assert_eq!(rw & bit(vb::VIRTIO_BLK_F_MQ), 0);
+        assert_ne!(rw & bit(vb::VIRTIO_BLK_F_FLUSH), 0);
+        let ro = offered_features(true, 2);
+        assert_ne!(ro & bit(vb::VIRTIO_BLK_F_RO), 0);
+        assert_ne!(ro & bit(vb::VIRTIO_BLK_F_MQ), 0);
+    }
+}

@@ -181,10 +181,16 @@ impl<S: BlockStore> BlkDevice<S> {
             }
             Body::Flush => io(self.store.flush()),
             Body::GetId { data } => {
+                // The ID, NUL-padded to the whole buffer: the used length
+                // counts every writable byte, and §2.7.8.2 wants that many
+                // written (the parser bounds the buffer like a read's).
                 let mut src = &self.serial[..];
                 for p in data {
-                    let n = (p.len as usize).min(src.len());
-                    if mem.write(p.addr, &src[..n]).is_err() {
+                    scratch.clear();
+                    scratch.resize(p.len as usize, 0);
+                    let n = scratch.len().min(src.len());
+                    scratch[..n].copy_from_slice(&src[..n]);
+                    if mem.write(p.addr, scratch).is_err() {
                         return S_IOERR;
                     }
                     src = &src[n..];
@@ -333,3 +339,6 @@ impl BlockStore for MemoryStore<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

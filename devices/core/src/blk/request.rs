@@ -98,7 +98,16 @@ impl Parsed {
 /// Parse the descriptors of one chain. A chain that could not be followed
 /// to its end (a loop, a bad `next`) arrives with its last descriptor still
 /// marked NEXT, or empty: it is unanswerable.
-pub fn parse(descs: impl Iterator<Item = Desc>, mem: &dyn DmaMemory, lim: &Limits) -> Parsed {
+///
+/// Generic over the memory (`&dyn DmaMemory` works too) so that a caller
+/// with a concrete one gets its accesses inlined: through the std daemon's
+/// `GuestDma` that is what keeps the shared parser as fast as the std copy
+/// it replaced (docs/performance.md, "Split virtqueue").
+pub fn parse<M: DmaMemory + ?Sized>(
+    descs: impl Iterator<Item = Desc>,
+    mem: &M,
+    lim: &Limits,
+) -> Parsed {
     let cap = lim.seg_max as usize + EXTRA_DESCS;
     let mut list: Vec<Desc> = Vec::with_capacity(cap.min(16));
     let mut too_many = false;
@@ -170,9 +179,13 @@ pub fn parse(descs: impl Iterator<Item = Desc>, mem: &dyn DmaMemory, lim: &Limit
             if !no_payload {
                 return fail(S_IOERR);
             }
-            Ok(Body::GetId {
-                data: pieces(writable, 0, w_len - 1),
-            })
+            // The device fills the whole buffer (ID, then NULs: §2.7.8.2
+            // wants `len` bytes written), so it is bounded like a read's.
+            let data = pieces(writable, 0, w_len - 1);
+            if data.len() > lim.seg_max as usize || data.iter().any(|p| p.len > lim.size_max) {
+                return fail(S_IOERR);
+            }
+            Ok(Body::GetId { data })
         }
         vb::VIRTIO_BLK_T_DISCARD | vb::VIRTIO_BLK_T_WRITE_ZEROES => {
             let discard = rtype == vb::VIRTIO_BLK_T_DISCARD;
@@ -222,8 +235,8 @@ fn in_capacity(lim: &Limits, sector: u64, count: u64) -> Option<u64> {
 }
 
 /// Read and validate discard / write-zeroes segments.
-fn check_segments(
-    mem: &dyn DmaMemory,
+fn check_segments<M: DmaMemory + ?Sized>(
+    mem: &M,
     lim: &Limits,
     discard: bool,
     readable: &[Desc],
@@ -297,7 +310,12 @@ fn pieces(descs: &[Desc], start: u64, len: u64) -> Vec<Piece> {
 
 /// Copy bytes `[start, start + out.len())` of a run of descriptors into
 /// `out`. `None` if any of it lies outside guest memory.
-fn gather(mem: &dyn DmaMemory, descs: &[Desc], start: u64, out: &mut [u8]) -> Option<()> {
+fn gather<M: DmaMemory + ?Sized>(
+    mem: &M,
+    descs: &[Desc],
+    start: u64,
+    out: &mut [u8],
+) -> Option<()> {
     let mut filled = 0usize;
     for p in pieces(descs, start, out.len() as u64) {
         let n = p.len as usize;
@@ -306,3 +324,6 @@ fn gather(mem: &dyn DmaMemory, descs: &[Desc], start: u64, out: &mut [u8]) -> Op
     }
     (filled == out.len()).then_some(())
 }
+
+#[cfg(test)]
+mod tests;

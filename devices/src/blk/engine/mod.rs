@@ -160,6 +160,20 @@ pub struct DiskInfo {
     pub read_only: bool,
 }
 
+impl DiskInfo {
+    /// What the config space (`vmsg-device-core`'s) needs of the disk.
+    pub fn geometry(&self) -> vmsg_device_core::blk::config::DiskGeometry {
+        vmsg_device_core::blk::config::DiskGeometry {
+            size: self.size,
+            logical_block_size: self.logical_block_size,
+            physical_block_size: self.physical_block_size,
+            alignment_offset: self.alignment_offset,
+            min_io_size: self.min_io_size,
+            opt_io_size: self.opt_io_size,
+        }
+    }
+}
+
 /// An opened image file or block device, shared by the device and its engine.
 #[derive(Debug)]
 pub struct Disk {
