@@ -252,7 +252,13 @@ impl GuestInstance {
             bus.max_msg_size(),
             self.devices.len()
         );
-        let result = self.event_loop(&codec, bus, stop);
+        // A bus may learn the peer is gone while receiving rather than on
+        // its control fd (which of the two it sees first can race): either
+        // way the peer disconnected.
+        let result = match self.event_loop(&codec, bus, stop) {
+            Err(InstanceError::Bus(BusError::Disconnected)) => Ok(ServeEnd::Disconnected),
+            r => r,
+        };
         self.detach();
         self.bus_counters = bus.counters();
         let stats = self.stats();

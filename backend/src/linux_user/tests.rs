@@ -438,3 +438,68 @@ fn power_off_resets_every_device_and_waits_out_the_ones_nobody_serves() {
     assert_eq!(k.shutdown(), 2);
     assert_eq!(k.stats().timeouts, 2);
 }
+
+/// A bus whose peer vanished: the doorbell is rung and `recv` says
+/// Disconnected (what the loopback's reader does when its node closes and
+/// its queue drops before the control fd is seen).
+struct GoneBus(crate::fake::FakeBus);
+
+impl Bus for GoneBus {
+    fn max_msg_size(&self) -> usize {
+        self.0.max_msg_size()
+    }
+    fn transport_features(&self) -> u32 {
+        0
+    }
+    fn doorbell_fd(&self) -> std::os::fd::RawFd {
+        self.0.doorbell_fd()
+    }
+    fn ack_doorbell(&mut self) -> Result<(), crate::bus::BusError> {
+        Ok(())
+    }
+    fn control_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    fn handle_control(&mut self) -> Result<(), crate::bus::BusError> {
+        Ok(())
+    }
+    fn recv(&mut self, _buf: &mut [u8]) -> Result<Option<usize>, crate::bus::BusError> {
+        Err(crate::bus::BusError::Disconnected)
+    }
+    fn send(&mut self, frame: &[u8]) -> Result<(), crate::bus::BusError> {
+        self.0.send(frame)
+    }
+    fn memory(&self) -> crate::memory::GuestMemoryHandle {
+        self.0.memory()
+    }
+    fn counters(&self) -> crate::bus::BusCounters {
+        self.0.counters()
+    }
+}
+
+#[test]
+fn a_peer_gone_while_receiving_ends_the_serve_as_a_disconnect() {
+    let fake = crate::fake::FakeBus::new(FRAME_SIZE, 0x1000, 0x10000).expect("fake bus");
+    // Rung: the instance drains at once and meets the Disconnected.
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: the fd is open for the call; 8 bytes from a live buffer.
+    let n = unsafe { libc::write(fake.doorbell_fd(), one.as_ptr().cast(), 8) };
+    assert_eq!(n, 8);
+    let mut bus = GoneBus(fake);
+    let mut instance = GuestInstance::new(
+        "gone",
+        InstanceOptions {
+            profile: Profile::Rfc2,
+            ..InstanceOptions::default()
+        },
+        vec![(0, Box::new(Idle) as Box<dyn VirtioDevice>)],
+    )
+    .expect("instance");
+    let stop = StopSignal::new().expect("stop");
+    assert_eq!(
+        instance
+            .serve(&mut bus, &stop)
+            .expect("a disconnect, not an error"),
+        ServeEnd::Disconnected
+    );
+}
