@@ -7,4 +7,5 @@
 //! feature `fake`, never into the daemon.
 
 pub mod blk;
+pub mod i2c;
 pub mod rng;
