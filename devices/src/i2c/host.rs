@@ -226,6 +226,8 @@ impl HostAdapter {
                 source: std::io::Error::last_os_error(),
             });
         }
+        // c_ulong is 32 bits on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
         let funcs = u64::from(funcs);
         let smbus_any = func::SMBUS_QUICK
             | func::SMBUS_READ_BYTE
