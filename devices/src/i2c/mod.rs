@@ -508,17 +508,19 @@ impl I2cDevice {
                 Some(Outcome::Ran { ok, msgs }) => (ok, msgs),
                 _ => (0, Vec::new()),
             };
-            // Once a request failed, the rest of its transaction fails.
-            let mut failed = false;
+            // (head, used len) of each request; None from the first
+            // failure on, since the rest of the transaction fails with it.
+            let mut answers: Vec<(u16, u32)> = Vec::with_capacity(p.slots.len());
+            let mut first_failed: Option<usize> = None;
             for (i, slot) in p.slots.iter().enumerate() {
                 let Some(status) = slot.status else {
-                    queue.add_used(mem, slot.head, 0).map_err(|e| corrupt(&e))?;
-                    used = true;
+                    first_failed.get_or_insert(i);
+                    answers.push((slot.head, 0));
                     continue;
                 };
                 let mut code = MSG_ERR;
                 let mut len = 1;
-                if !failed && i < ok {
+                if first_failed.is_none() && i < ok {
                     let delivered = !slot.read
                         || msgs
                             .get(i)
@@ -537,7 +539,7 @@ impl I2cDevice {
                 if code == MSG_OK {
                     self.stats.requests_ok += 1;
                 } else {
-                    failed = true;
+                    first_failed.get_or_insert(i);
                     self.stats.requests_failed += 1;
                 }
                 // Checked when parsed, and guest memory does not change; if
@@ -547,9 +549,17 @@ impl I2cDevice {
                 } else {
                     0
                 };
-                queue
-                    .add_used(mem, slot.head, len)
-                    .map_err(|e| corrupt(&e))?;
+                answers.push((slot.head, len));
+            }
+            // The requests before the failure in order, then the rest of
+            // the transaction from its last request back to the failed one.
+            // Linux's i2c-virtio stops waiting at the first failed request
+            // and frees the whole transfer, so every later request must be
+            // returned before the failed one is (docs/decisions.md).
+            let split = first_failed.unwrap_or(answers.len());
+            let (before, after) = answers.split_at(split);
+            for &(head, len) in before.iter().chain(after.iter().rev()) {
+                queue.add_used(mem, head, len).map_err(|e| corrupt(&e))?;
                 used = true;
             }
         }

@@ -390,10 +390,19 @@ fn a_failed_request_fails_the_rest_of_its_transaction_unattempted() {
     });
     let ok = ring.request(a7(0x20), FLAG_FAIL_NEXT, Req::Write(&[1]));
     let nack = ring.request(a7(0x33), FLAG_FAIL_NEXT, Req::Write(&[2]));
-    let skipped = ring.request(a7(0x20), FLAG_M_RD, Req::Read(4));
+    let skipped = ring.request(a7(0x20), FLAG_FAIL_NEXT | FLAG_M_RD, Req::Read(4));
+    let skipped_too = ring.request(a7(0x20), 0, Req::Write(&[3]));
     // The next transaction is independent of that failure.
     let next = ring.request(a7(0x20), FLAG_M_RD, Req::Read(2));
     run(&mut dev, &mut qs, &mem);
+    // The failed request is returned after the rest of its transaction:
+    // Linux's driver frees the transfer once it sees the first failure.
+    assert_eq!(
+        ring.used(),
+        vec![(0, 1), (9, 1), (6, 1), (3, 1), (12, 3)],
+        "OK prefix in order, then the rest backwards to the failed one"
+    );
+    assert_eq!(ring.status(skipped_too), MSG_ERR);
     assert_eq!(
         [
             ring.status(ok),
@@ -413,10 +422,13 @@ fn a_failed_request_fails_the_rest_of_its_transaction_unattempted() {
     assert_eq!(seen.len(), 2, "two transactions: {seen:?}");
     assert_eq!(
         seen[0].len(),
-        3,
-        "one combined transfer of the three linked requests"
+        4,
+        "one combined transfer of the four linked requests"
     );
-    assert_eq!(format!("{:?}", seen[0]), "[W1@0x20, W1@0x33, R4@0x20]");
+    assert_eq!(
+        format!("{:?}", seen[0]),
+        "[W1@0x20, W1@0x33, R4@0x20, W1@0x20]"
+    );
     assert_eq!(dev.stats().nacks, 1);
 }
 
@@ -917,14 +929,20 @@ proptest! {
                     Buf { addr, len, write }
                 })
                 .collect();
-            writable.push(bufs.iter().filter(|b| b.write).map(|b| u64::from(b.len)).sum::<u64>());
-            ring.add(&bufs);
+            let head = ring.add(&bufs);
+            writable.push((u32::from(head), bufs.iter().filter(|b| b.write).map(|b| u64::from(b.len)).sum::<u64>()));
         }
         run(&mut dev, &mut qs, &mem);
         let used = ring.used();
         prop_assert_eq!(used.len(), chains.len(), "every chain is returned once");
-        for (&(id, len), w) in used.iter().zip(&writable) {
-            prop_assert!(u64::from(len) <= *w, "chain {}: used len {} > writable {}", id, len, w);
+        let mut ids: Vec<u32> = used.iter().map(|u| u.0).collect();
+        ids.sort_unstable();
+        let mut heads: Vec<u32> = writable.iter().map(|w| w.0).collect();
+        heads.sort_unstable();
+        prop_assert_eq!(ids, heads, "each chain exactly once");
+        for &(id, len) in &used {
+            let w = writable.iter().find(|w| w.0 == id).map_or(0, |w| w.1);
+            prop_assert!(u64::from(len) <= w, "chain {}: used len {} > writable {}", id, len, w);
         }
         // The device still serves a valid request.
         ring.n = 60;

@@ -221,11 +221,13 @@ fn run_inner(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         elapsed
     );
-    Ok(if status.success() && on_image.is_ok() && on_eeprom.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if status.success() && on_image.is_ok() && on_eeprom.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// The driver half of the demo, in its own process.
@@ -417,7 +419,10 @@ fn adapter(drv: Driver, dev_num: u16) -> Result<Driver, Box<dyn std::error::Erro
         t[1],
         f64::from(reg >> 7) / 2.0
     );
-    let r = bus.transfer(&[i2c::Segment::write(0x33, &[0x00]), i2c::Segment::read(EEPROM_ADDR, 1)])?;
+    let r = bus.transfer(&[
+        i2c::Segment::write(0x33, &[0x00]),
+        i2c::Segment::read(EEPROM_ADDR, 1),
+    ])?;
     println!(
         "  a transaction starting at absent 0x33: statuses {:?} (the NACK fails the rest of it, unattempted)",
         r.iter()
