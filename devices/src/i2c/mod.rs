@@ -469,9 +469,10 @@ impl I2cDevice {
                         debug!("{}: {e} ({:?})", self.name, done.msgs);
                     }
                     FailKind::Unsupported(_) => {
+                        // Its own log budget: a guest scanning past its
+                        // allow-list must not silence these.
                         self.stats.unsupported += 1;
-                        self.refusal_warnings += 1;
-                        let n = self.refusal_warnings;
+                        let n = self.stats.unsupported;
                         if n <= 16 || n.is_power_of_two() {
                             warn!("{}: {e} ({n} so far)", self.name);
                         }
