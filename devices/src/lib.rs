@@ -12,4 +12,5 @@
 
 pub mod blk;
 pub mod guest_dma;
+pub mod i2c;
 pub mod rng;

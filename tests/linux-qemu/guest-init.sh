@@ -27,7 +27,8 @@ seed=$(arg seed)
 
 # Cases the guest ran, and a stop for anything that went wrong before them.
 pass() { echo "VMSG-CASE $1 PASS $2"; }
-fail() { echo "VMSG-CASE $1 FAIL $2"; }
+# To stderr (the console too): a FAIL inside $(run_or_fail ...) is not captured.
+fail() { echo "VMSG-CASE $1 FAIL $2" >&2; }
 finish() {
     echo "VMSG-GUEST-DONE at $(cut -d' ' -f1 /proc/uptime)s"
     sync

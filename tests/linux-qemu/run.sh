@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Real Linux drivers against vmsgd: an arm64 Linux 6.12 with the RFC
 # virtio-msg loopback bus boots under QEMU TCG; inside it vmsgd (static
-# aarch64) serves rng and blk devices on the loopback and the kernel's own
-# virtio_rng and virtio_blk drive them. The guest's /init (guest-init.sh)
-# prints a verdict line per case; after it powered off, this script checks
-# the images on the 9p share from the host and exits 0 only if every case
-# passed.
+# aarch64) serves rng, blk and i2c devices on the loopback and the kernel's
+# own virtio_rng, virtio_blk and i2c-virtio drive them. The guest's /init
+# (guest-init.sh) prints a verdict line per case; after it powered off, this
+# script checks the images on the 9p share from the host and exits 0 only if
+# every case passed.
 #
 #   tests/linux-qemu/run.sh [CASE ...]     # default: every case
 #
 # Cases: rng rng-rate blk-identity blk-data blk-mq blk-discard blk-ro blk-fs
-#        hotplug shutdown (the host checks follow from them).
-# Environment: BOOT_TIMEOUT (s, default 180), KEEP_LOG=1 (print the serial
+#        i2c-stub i2c-allow i2c-unsupported i2c-lm75 i2c-eeprom i2c-at24
+#        i2c-rdwr hotplug shutdown (the host checks follow from them).
+# Environment: BOOT_TIMEOUT (s, default 300), KEEP_LOG=1 (print the serial
 #              log even on success), VMSGD_LINUX_CACHE, VMSGD_TESTBEDS.
 set -euo pipefail
 
@@ -28,7 +29,7 @@ if [ $# -gt 0 ]; then cases=("$@"); else cases=("${all_cases[@]}"); fi
 for c in "${cases[@]}"; do
     case " ${all_cases[*]} " in *" $c "*) ;; *) die "unknown case $c (${all_cases[*]})" ;; esac
 done
-boot_timeout=${BOOT_TIMEOUT:-180}
+boot_timeout=${BOOT_TIMEOUT:-300}
 t0=$(date +%s)
 elapsed() { echo "$(($(date +%s) - t0))s"; }
 

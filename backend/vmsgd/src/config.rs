@@ -14,6 +14,9 @@ use thiserror::Error;
 use toml::Spanned;
 use vmsg_proto::Profile;
 
+mod i2c;
+pub use self::i2c::{AdapterSpec, ChipSpec, I2cDeviceConfig};
+
 /// A configuration error, located in its file.
 #[derive(Debug, Error)]
 pub struct ConfigError {
@@ -285,6 +288,9 @@ pub enum DeviceConfig {
         #[serde(default = "default_true")]
         writeback: bool,
     },
+    /// virtio-i2c: a host adapter passed through for an allow-list of
+    /// addresses, or simulated chips (`config/i2c.rs`).
+    I2c(I2cDeviceConfig),
 }
 
 fn default_blk_queues() -> u16 {
@@ -304,6 +310,7 @@ impl DeviceConfig {
     pub fn dev_num(&self) -> Option<u16> {
         match self {
             DeviceConfig::Rng { dev_num, .. } | DeviceConfig::Blk { dev_num, .. } => *dev_num,
+            DeviceConfig::I2c(c) => c.dev_num,
         }
     }
 
@@ -312,6 +319,7 @@ impl DeviceConfig {
         match self {
             DeviceConfig::Rng { .. } => "rng",
             DeviceConfig::Blk { .. } => "blk",
+            DeviceConfig::I2c(_) => "i2c",
         }
     }
 }
@@ -449,6 +457,7 @@ impl Config {
         let mut names = BTreeSet::new();
         let mut sockets = BTreeMap::new();
         let mut images = BTreeMap::new();
+        let mut i2c_users = i2c::I2cUsers::default();
         let mut guests = Vec::new();
         for guest in raw.guest {
             let guest_span = guest.span();
@@ -584,6 +593,14 @@ impl Config {
                         next
                     }
                 };
+                if let DeviceConfig::I2c(c) = &mut dev {
+                    let at = Where {
+                        span: span.clone(),
+                        guest: &name,
+                        dev_num,
+                    };
+                    i2c::check_i2c(&loc, &at, c, host_checks, &mut i2c_users)?;
+                }
                 if let DeviceConfig::Blk { .. } = dev {
                     let at = Where {
                         span,

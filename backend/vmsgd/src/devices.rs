@@ -5,6 +5,8 @@
 use vmsg_backend::device::VirtioDevice;
 use vmsg_backend::instance::DeviceList;
 use vmsg_devices::blk::{BlkConfig, BlkDevice};
+use vmsg_devices::i2c::I2cDevice;
+use vmsg_devices::i2c::host::SYSFS_I2C_DEVICES;
 use vmsg_devices::rng::{HostEntropy, RngDevice};
 
 use crate::config::{BusConfig, DeviceConfig, GuestConfig};
@@ -72,6 +74,18 @@ pub fn build_device(
                 })?,
             )
         }
+        DeviceConfig::I2c(i2c) => Box::new(
+            I2cDevice::open(
+                format!("{guest}/i2c{dev_num}"),
+                &i2c.backend(),
+                std::path::Path::new(SYSFS_I2C_DEVICES),
+            )
+            .map_err(|source| DaemonError::I2c {
+                guest: guest.to_string(),
+                dev_num,
+                source,
+            })?,
+        ),
     })
 }
 
@@ -109,6 +123,40 @@ mod tests {
             .map(|(n, d)| (*n, d.device_type(), d.queue_max_sizes().len()))
             .collect();
         assert_eq!(kinds, vec![(0, 4, 1), (1, 2, 3)]);
+    }
+
+    #[test]
+    fn builds_a_simulated_i2c_device() {
+        let dir = tempfile::tempdir().expect("dir");
+        let g = guest(&format!(
+            "[[guest]]\nname = \"g\"\nbus = {{ kind = \"local\", socket = \"/s\" }}\n[[guest.device]]\nkind = \"i2c\"\ndev_num = 4\n[[guest.device.chip]]\nmodel = \"24c02\"\naddr = 0x50\nfile = \"{}\"\n",
+            dir.path().join("e.bin").display()
+        ));
+        let devices = build_devices(&g).expect("devices");
+        assert_eq!(devices[0].0, 4);
+        assert_eq!(devices[0].1.device_type(), 34);
+        assert_eq!(devices[0].1.name(), "g/i2c4");
+        assert_eq!(
+            std::fs::read(dir.path().join("e.bin")).expect("created erased"),
+            vec![0xff; 256]
+        );
+    }
+
+    #[test]
+    fn i2c_open_failure_names_guest_and_device() {
+        // No host I2C adapters here (no CONFIG_I2C): opening fails, named.
+        if std::path::Path::new("/dev/i2c-7").exists() {
+            return;
+        }
+        let g = guest(
+            "[[guest]]\nname = \"g\"\nbus = { kind = \"local\", socket = \"/s\" }\n[[guest.device]]\nkind = \"i2c\"\ndev_num = 2\nadapter = 7\nallow = [0x50]\n",
+        );
+        let Err(err) = build_devices(&g) else {
+            panic!("built a passthrough device without the adapter");
+        };
+        let text = err.to_string();
+        assert!(text.contains("guest g: device 2 (i2c)"), "{text}");
+        assert!(text.contains("/dev/i2c-7"), "{text}");
     }
 
     #[test]

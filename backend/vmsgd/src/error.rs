@@ -10,6 +10,7 @@ use vmsg_backend::instance::InstanceError;
 use vmsg_backend::linux_user::LinuxUserError;
 use vmsg_backend::local::LocalBusError;
 use vmsg_devices::blk::BlkError;
+use vmsg_devices::i2c::I2cError;
 use vmsg_devices::rng::RngError;
 
 /// Errors starting or running the daemon.
@@ -32,6 +33,15 @@ pub enum DaemonError {
         dev_num: u16,
         #[source]
         source: BlkError,
+    },
+    /// An i2c device could not be created (host adapter missing, not
+    /// i2c-dev, an EEPROM backing file unusable).
+    #[error("guest {guest}: device {dev_num} (i2c): {source}")]
+    I2c {
+        guest: String,
+        dev_num: u16,
+        #[source]
+        source: I2cError,
     },
     /// The guest's bus could not be set up.
     #[error("guest {guest}: bus socket {path}: {source}")]

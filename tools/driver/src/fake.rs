@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{BusIoError, DriverBus};
 use crate::fake_blk::FakeBlk;
+use crate::fake_i2c::FakeI2c;
 use crate::virtq::{VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, need_event};
 use crate::wire::{
     self, DeviceInfo, Event, Header, Namespace, Profile, Request, Response, VqueueInfo, feature,
@@ -75,6 +76,8 @@ pub(crate) struct FakeDevice {
     pub received: Vec<Vec<u8>>,
     /// A virtio-blk disk behind the queues instead of the rng filler.
     pub blk: Option<FakeBlk>,
+    /// A virtio-i2c adapter behind the queue instead of the rng filler.
+    pub i2c: Option<FakeI2c>,
 }
 
 impl FakeDevice {
@@ -120,7 +123,19 @@ impl FakeDevice {
             rng: 0x9E37_79B9_7F4A_7C15,
             received: Vec::new(),
             blk: None,
+            i2c: None,
         }
+    }
+
+    /// A virtio-i2c (device id 34) with 1 queue of max 256 and no config.
+    pub fn i2c(dev_num: u16, max_msg_size: usize, adapter: FakeI2c) -> Self {
+        let mut d = Self::rng(dev_num, max_msg_size);
+        d.info.device_id = 34;
+        d.offered[0] |= adapter.offered();
+        d.config = Vec::new();
+        d.info.config_size = 0;
+        d.i2c = Some(adapter);
+        d
     }
 
     /// A virtio-blk (device id 2) with 2 queues of max 256 on `disk`.
@@ -339,9 +354,12 @@ impl FakeDevice {
                     return self.reply(&h, Response::SetDeviceStatus { status: st });
                 }
                 let mut s = s;
+                let i2c_refuses = self.i2c.as_ref().is_some_and(|i| {
+                    !i.features_ok(self.driver_features.get(&0).copied().unwrap_or(0))
+                });
                 if s & status::FEATURES_OK != 0
                     && self.status & status::FEATURES_OK == 0
-                    && !self.features_acceptable()
+                    && (!self.features_acceptable() || i2c_refuses)
                 {
                     s &= !status::FEATURES_OK;
                 }
@@ -523,6 +541,8 @@ impl FakeDevice {
         let mut last = q.last_avail;
         let mut used = q.used_idx;
         let old_used = used;
+        // i2c: the pass's chains, executed together (FAIL_NEXT links them).
+        let mut i2c_chains = Vec::new();
         while last != avail_idx {
             let head: u16 = mem
                 .read_obj(GuestAddress(q.driver + 4 + 2 * u64::from(last % size)))
@@ -536,7 +556,7 @@ impl FakeDevice {
                 let len: u32 = mem.read_obj(GuestAddress(base.0 + 8)).expect("desc");
                 let flags: u16 = mem.read_obj(GuestAddress(base.0 + 12)).expect("desc");
                 let next: u16 = mem.read_obj(GuestAddress(base.0 + 14)).expect("desc");
-                if self.blk.is_some() {
+                if self.blk.is_some() || self.i2c.is_some() {
                     chain.push((addr, len, flags));
                 } else if flags & VIRTQ_DESC_F_WRITE != 0 {
                     let bytes: Vec<u8> = (0..len).map(|_| self.next_rand()).collect();
@@ -551,12 +571,26 @@ impl FakeDevice {
             if let Some(b) = self.blk.as_mut() {
                 written = b.handle(&mem, &chain);
             }
+            if self.i2c.is_some() {
+                i2c_chains.push((head, chain));
+                last = last.wrapping_add(1);
+                continue;
+            }
             let slot = GuestAddress(q.device + 4 + 8 * u64::from(used % size));
             mem.write_obj(u32::from(head), slot).expect("used");
             mem.write_obj(written, GuestAddress(slot.0 + 4))
                 .expect("used");
             used = used.wrapping_add(1);
             last = last.wrapping_add(1);
+        }
+        if let Some(i) = self.i2c.as_mut() {
+            for (head, written) in i.handle_pass(&mem, &i2c_chains) {
+                let slot = GuestAddress(q.device + 4 + 8 * u64::from(used % size));
+                mem.write_obj(u32::from(head), slot).expect("used");
+                mem.write_obj(written, GuestAddress(slot.0 + 4))
+                    .expect("used");
+                used = used.wrapping_add(1);
+            }
         }
         mem.store(used, GuestAddress(q.device + 2), Ordering::Release)
             .expect("used idx");

@@ -10,6 +10,7 @@
 //! * [`mem`] and [`virtq`]: guest memory allocation and split virtqueues.
 //! * [`rng`]: the virtio-rng frontend ([`Rng`]).
 //! * [`blk`]: the virtio-blk frontend ([`Blk`]): multiqueue, requests in flight.
+//! * [`i2c`]: the virtio-i2c frontend ([`I2c`]): transactions, raw requests.
 //! * [`local`]: [`DriverBus`] over vmsgd's local bus client.
 //! * `ffa` (feature `ffa`): [`DriverBus`] over the FF-A bus against the
 //!   simulated SPMC of `vmsg-ffa`.
@@ -24,6 +25,7 @@ pub mod device;
 pub mod driver;
 #[cfg(feature = "ffa")]
 pub mod ffa;
+pub mod i2c;
 pub mod local;
 pub mod mem;
 pub mod rng;
@@ -35,11 +37,14 @@ pub use bus::{BusIoError, DriverBus};
 pub use conformance::{Report, run_suite, run_suite_with};
 pub use device::{FeatureSet, VirtioDevice};
 pub use driver::{Driver, DriverError};
+pub use i2c::I2c;
 pub use rng::Rng;
 
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 pub(crate) mod fake_blk;
+#[cfg(test)]
+pub(crate) mod fake_i2c;
 #[cfg(test)]
 mod tests;

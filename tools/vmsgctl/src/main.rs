@@ -246,7 +246,9 @@ fn conform(
                 &std::env::temp_dir(),
                 "[[guest.device]]\nkind = \"rng\"\n\n[[guest.device]]\nkind = \"rng\"\nrate_limit = 1048576\n\n\
                  [[guest.device]]\nkind = \"blk\"\npath = \"rw.img\"\nnum_queues = 2\nserial = \"conform-rw\"\n\n\
-                 [[guest.device]]\nkind = \"blk\"\npath = \"ro.img\"\nread_only = true\n",
+                 [[guest.device]]\nkind = \"blk\"\npath = \"ro.img\"\nread_only = true\n\n\
+                 [[guest.device]]\nkind = \"i2c\"\n\n[[guest.device.chip]]\nmodel = \"24c02\"\naddr = 0x50\n\n\
+                 [[guest.device.chip]]\nmodel = \"lm75\"\naddr = 0x48\n",
                 &bus_extra,
                 &[("rw.img", 64 << 20), ("ro.img", 16 << 20)],
             )?;

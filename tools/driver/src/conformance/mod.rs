@@ -18,6 +18,7 @@ mod blk;
 mod bus;
 mod config;
 mod framing;
+mod i2c;
 mod lifecycle;
 mod queues;
 mod runtime;
@@ -31,6 +32,7 @@ use crate::blk::BlkError;
 use crate::bus::DriverBus;
 use crate::device::{FeatureSet, InitError, VirtioDevice};
 use crate::driver::{Driver, DriverError, Received};
+use crate::i2c::I2cError;
 use crate::mem::{AllocError, GuestAllocator};
 use crate::rng::RngError;
 use crate::virtq::{QueueLayout, VirtqError};
@@ -60,6 +62,9 @@ pub enum CaseError {
     /// The blk frontend failed.
     #[error(transparent)]
     Blk(#[from] BlkError),
+    /// The i2c frontend failed.
+    #[error(transparent)]
+    I2c(#[from] I2cError),
     /// A virtqueue operation failed.
     #[error(transparent)]
     Virtq(#[from] VirtqError),
@@ -277,6 +282,7 @@ pub fn cases() -> Vec<Case> {
     v.extend(queues::cases());
     v.extend(runtime::cases());
     v.extend(blk::cases());
+    v.extend(i2c::cases());
     v.extend(bus::cases());
     v
 }
@@ -534,12 +540,25 @@ impl Ctx {
         Ok(())
     }
 
+    /// Device-type feature bits a driver MUST accept, so that the device
+    /// may refuse FEATURES_OK without them: i2c's
+    /// VIRTIO_I2C_F_ZERO_LENGTH_REQUEST (virtio 1.3 §5.19.6.1).
+    pub fn mandatory_features(&mut self) -> Result<Vec<u32>, CaseError> {
+        Ok(match self.info()?.device_id {
+            crate::i2c::VIRTIO_ID_I2C_ADAPTER => vec![crate::i2c::F_ZERO_LENGTH_REQUEST],
+            _ => Vec::new(),
+        })
+    }
+
     /// Reset through FEATURES_OK with the driver's policy plus `extra` bits
-    /// (only those offered); returns the accepted set.
+    /// and the device type's mandatory ones (only those offered); returns
+    /// the accepted set.
     pub fn to_features_ok(&mut self, extra: &[u32]) -> Result<FeatureSet, CaseError> {
         self.to_driver()?;
         let offered = self.offered()?;
-        let chosen = VirtioDevice::choose_features(&offered, &FeatureSet::from_bits(extra));
+        let mut wanted = self.mandatory_features()?;
+        wanted.extend_from_slice(extra);
+        let chosen = VirtioDevice::choose_features(&offered, &FeatureSet::from_bits(&wanted));
         self.write_features(&chosen)?;
         let st = self.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
         ensure!(

@@ -371,7 +371,8 @@ fn reset_out_of_range(c: &mut Ctx) -> CaseResult {
 fn reset_without_feature(c: &mut Ctx) -> CaseResult {
     c.to_driver()?;
     let offered = c.offered()?;
-    let mut sel = VirtioDevice::choose_features(&offered, &FeatureSet::new());
+    let mandatory = c.mandatory_features()?;
+    let mut sel = VirtioDevice::choose_features(&offered, &FeatureSet::from_bits(&mandatory));
     sel.remove(feature::RING_RESET);
     c.write_features(&sel)?;
     let st = c.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;

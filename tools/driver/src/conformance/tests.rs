@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::fake::{FakeDevice, FakeDeviceBus, Quirks};
 use crate::fake_blk::{BlkQuirks, FakeBlk};
+use crate::fake_i2c::{FakeI2c, I2cQuirks};
 use crate::rng::VIRTIO_ID_RNG;
 
 fn cfg_for(profile: Profile, filter: &str) -> SuiteConfig {
@@ -549,4 +550,111 @@ fn blk_quirks_are_detected() {
             "{case} should fail with {quirks:?}:\n{r}"
         );
     }
+}
+
+fn fake_i2c(quirks: I2cQuirks) -> FakeDeviceBus {
+    FakeDeviceBus::new(FakeDevice::i2c(4, 264, FakeI2c::new(quirks)))
+}
+
+#[test]
+fn conformant_fake_i2c_passes() {
+    let f = fake_i2c(I2cQuirks::default());
+    let r = run(&f, "i2c.");
+    assert_eq!(r.failed(), 0, "{r}");
+    assert_eq!(r.skipped(), 0, "{r}");
+    assert_eq!(r.passed(), 9, "{r}");
+    // The transport cases hold on an i2c device too.
+    let r = run(&f, "");
+    assert_eq!(r.failed(), 0, "{r}");
+    // Nothing was written to the target that answered.
+    let d = f.device();
+    assert!(
+        d.i2c.as_ref().expect("i2c").regs.iter().all(|&b| b == 0),
+        "the suite wrote only to absent addresses"
+    );
+}
+
+#[test]
+fn i2c_quirks_are_detected() {
+    let q = I2cQuirks::default;
+    let cases: Vec<(I2cQuirks, &str)> = vec![
+        (
+            I2cQuirks {
+                no_zero_length_offer: true,
+                ..q()
+            },
+            "i2c.zero_length_offered",
+        ),
+        (
+            I2cQuirks {
+                accept_without_zero_length: true,
+                ..q()
+            },
+            "i2c.rejects_without_zero_length",
+        ),
+        (
+            I2cQuirks {
+                no_status: true,
+                ..q()
+            },
+            "i2c.status_written",
+        ),
+        (
+            I2cQuirks {
+                ignore_fail_next: true,
+                ..q()
+            },
+            "i2c.fail_next_fails_rest",
+        ),
+        (
+            I2cQuirks {
+                fail_rest_of_pass: true,
+                ..q()
+            },
+            "i2c.groups_are_independent",
+        ),
+        (
+            I2cQuirks {
+                reverse_order: true,
+                ..q()
+            },
+            "i2c.in_order",
+        ),
+        (
+            I2cQuirks {
+                scribble_write_buffer: true,
+                ..q()
+            },
+            "i2c.request_unchanged",
+        ),
+        (
+            I2cQuirks {
+                short_used_len: true,
+                ..q()
+            },
+            "i2c.read_fills_buffer",
+        ),
+    ];
+    for (quirks, case) in cases {
+        let f = fake_i2c(quirks.clone());
+        let r = run(&f, case);
+        let c = r
+            .get(case)
+            .unwrap_or_else(|| panic!("case {case} not run:\n{r}"));
+        assert!(
+            matches!(c.outcome, Outcome::Fail(_)),
+            "{case} should fail with {quirks:?}:\n{r}"
+        );
+    }
+    // An adapter where everything answers: no absent address to test with.
+    let f = fake_i2c(I2cQuirks {
+        absent_ok: true,
+        ..q()
+    });
+    let r = run(&f, "i2c.absent_address_err");
+    assert!(
+        r.get("i2c.absent_address_err")
+            .is_some_and(|c| matches!(c.outcome, Outcome::Skip(_))),
+        "{r}"
+    );
 }

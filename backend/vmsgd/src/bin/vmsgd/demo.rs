@@ -3,7 +3,8 @@
 //! devices from a second process (`vmsgd demo-driver`) with the spec-derived
 //! `vmsg-driver`: discovery, the init sequence, feature negotiation, I/O
 //! (random bytes from the rngs; write, flush, read back and verify on the
-//! disk). Both sides print what they did.
+//! disk; write and read the simulated EEPROM of the i2c adapter, read its
+//! temperature sensor). Both sides print what they did.
 //!
 //! Part of the `vmsgd` binary, not of the vmsgd library: it is the one place
 //! the daemon's package uses the driver side (`vmsg-driver`), so that the
@@ -19,6 +20,7 @@ use vmsg_backend::instance::StopSignal;
 use vmsg_driver::blk::{self, Blk, Segment};
 use vmsg_driver::conformance::{SuiteConfig, run_suite_with};
 use vmsg_driver::device::{FeatureSet, VirtioDevice};
+use vmsg_driver::i2c::{self, I2c};
 use vmsg_driver::rng::Rng;
 use vmsg_driver::{Driver, DriverBus};
 
@@ -63,9 +65,17 @@ pub struct DemoDriverArgs {
 
 /// Bytes of pattern the demo driver writes to the disk by default.
 const DISK_BYTES: usize = 1 << 20;
+/// Where the simulated chips sit on the demo's i2c adapter.
+const EEPROM_ADDR: u16 = 0x50;
+const SENSOR_ADDR: u16 = 0x48;
+/// The EEPROM page the demo writes, and what it writes there.
+const EEPROM_AT: u8 = 0x10;
+const EEPROM_TEXT: &[u8; 8] = b"vmsgd!\n\0";
 
-/// The demo's configuration: one guest with a plain rng, a rate-limited one
-/// and a two-queue disk on `demo.img`, on the local bus.
+/// The demo's configuration: one guest with a plain rng, a rate-limited one,
+/// a two-queue disk on `demo.img` and an i2c adapter with a simulated
+/// EEPROM (contents in `eeprom.bin`) and temperature sensor, on the local
+/// bus.
 fn demo_config(dir: &Path) -> String {
     format!(
         r#"# Written by `vmsgd demo`; the same format as /etc/vmsgd/*.toml.
@@ -91,9 +101,24 @@ dev_num = 2
 path = "{}"
 serial = "vmsgd-demo-disk"
 num_queues = 2
+
+[[guest.device]]
+kind = "i2c"
+dev_num = 3
+
+[[guest.device.chip]]
+model = "24c02"
+addr = {EEPROM_ADDR:#04x}
+file = "{}"
+
+[[guest.device.chip]]
+model = "lm75"
+addr = {SENSOR_ADDR:#04x}
+temperature_mc = 21500
 "#,
         dir.join("demo.sock").display(),
-        dir.join("demo.img").display()
+        dir.join("demo.img").display(),
+        dir.join("eeprom.bin").display()
     )
 }
 
@@ -157,6 +182,7 @@ fn run_inner(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let stats = daemon.stats("demo");
     daemon.shutdown()?;
     let on_image = check_image(&image);
+    let on_eeprom = check_eeprom(&dir.join("eeprom.bin"));
     if let Some(stats) = stats {
         println!("== daemon side (guest \"demo\")");
         println!("frames received: {}", stats.frames);
@@ -179,6 +205,10 @@ fn run_inner(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Ok(summary) => println!("== disk image after the run: {summary}"),
         Err(e) => println!("== disk image after the run: FAILED: {e}"),
     }
+    match &on_eeprom {
+        Ok(summary) => println!("== EEPROM backing file after the run: {summary}"),
+        Err(e) => println!("== EEPROM backing file after the run: FAILED: {e}"),
+    }
     if !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -191,11 +221,13 @@ fn run_inner(args: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         elapsed
     );
-    Ok(if status.success() && on_image.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if status.success() && on_image.is_ok() && on_eeprom.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// The driver half of the demo, in its own process.
@@ -251,6 +283,10 @@ fn drive(args: &DemoDriverArgs) -> Result<(), Box<dyn std::error::Error>> {
         drv = probed.into_driver();
         if info.device_id == blk::VIRTIO_ID_BLOCK {
             drv = disk(drv, dev_num, args.disk_bytes)?;
+            continue;
+        }
+        if info.device_id == i2c::VIRTIO_ID_I2C_ADAPTER {
+            drv = adapter(drv, dev_num)?;
             continue;
         }
         if info.device_id != vmsg_driver::rng::VIRTIO_ID_RNG {
@@ -318,6 +354,97 @@ fn check_image(image: &Path) -> Result<String, Box<dyn std::error::Error>> {
         meta.len() >> 20,
         (meta.blocks() * 512) >> 10
     ))
+}
+
+/// What the demo's EEPROM must hold after the run, read from the host side:
+/// the demo's text at its page, erased (0xff) elsewhere.
+fn check_eeprom(file: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let got = std::fs::read(file)?;
+    let mut want = vec![0xffu8; 256];
+    let at = usize::from(EEPROM_AT);
+    want[at..at + EEPROM_TEXT.len()].copy_from_slice(EEPROM_TEXT);
+    if got != want {
+        return Err(format!("{} does not hold what the driver wrote", file.display()).into());
+    }
+    Ok(format!(
+        "{} bytes; bytes {at:#04x}.. hold {:?} as written through virtio-i2c",
+        got.len(),
+        String::from_utf8_lossy(&EEPROM_TEXT[..6])
+    ))
+}
+
+/// Drive a virtio-i2c adapter: find the chips, write a page of the
+/// EEPROM and read it back in one combined transaction, read the
+/// temperature, and show what an absent address answers.
+fn adapter(drv: Driver, dev_num: u16) -> Result<Driver, Box<dyn std::error::Error>> {
+    let mut bus = I2c::open(drv, dev_num)?;
+    println!(
+        "  features offered {}, negotiated {}",
+        i2c_features(bus.device().offered()),
+        i2c_features(&bus.negotiated().clone())
+    );
+    let t = Instant::now();
+    let found = bus.scan(0x08..=0x77)?;
+    println!(
+        "  scan (zero-length reads of 0x08..=0x77) in {:.1?}: targets at {}",
+        t.elapsed(),
+        found
+            .iter()
+            .map(|a| format!("{a:#04x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut page = vec![EEPROM_AT];
+    page.extend_from_slice(EEPROM_TEXT);
+    if !bus.write(EEPROM_ADDR, &page)? {
+        return Err("the EEPROM refused a page write".into());
+    }
+    let back = bus
+        .write_read(EEPROM_ADDR, &[EEPROM_AT], EEPROM_TEXT.len() as u32)?
+        .ok_or("the EEPROM refused a read")?;
+    if back != EEPROM_TEXT {
+        return Err(format!("EEPROM read back {back:02x?}, wrote {EEPROM_TEXT:02x?}").into());
+    }
+    println!(
+        "  24c02 at {EEPROM_ADDR:#04x}: wrote {:?} at {EEPROM_AT:#04x} (a page write), read it back with write-then-read (repeated START): identical",
+        String::from_utf8_lossy(&EEPROM_TEXT[..6])
+    );
+    let t = bus
+        .write_read(SENSOR_ADDR, &[0x00], 2)?
+        .ok_or("the sensor refused a read")?;
+    let reg = i16::from_be_bytes([t[0], t[1]]);
+    println!(
+        "  lm75 at {SENSOR_ADDR:#04x}: temperature register {:02x}{:02x} = {:.1} °C",
+        t[0],
+        t[1],
+        f64::from(reg >> 7) / 2.0
+    );
+    let r = bus.transfer(&[
+        i2c::Segment::write(0x33, &[0x00]),
+        i2c::Segment::read(EEPROM_ADDR, 1),
+    ])?;
+    println!(
+        "  a transaction starting at absent 0x33: statuses {:?} (the NACK fails the rest of it, unattempted)",
+        r.iter()
+            .map(|r| if r.ok() { "OK" } else { "ERR" })
+            .collect::<Vec<_>>()
+    );
+    if r.iter().any(vmsg_driver::i2c::Reply::ok) {
+        return Err("a transaction to an absent address succeeded".into());
+    }
+    Ok(bus.close()?)
+}
+
+fn i2c_features(f: &FeatureSet) -> String {
+    let names: Vec<String> = f
+        .bits()
+        .iter()
+        .map(|&b| match b {
+            i2c::F_ZERO_LENGTH_REQUEST => "ZERO_LENGTH_REQUEST".into(),
+            b => features(&FeatureSet::from_bits(&[b])),
+        })
+        .collect();
+    names.join("|")
 }
 
 /// Drive a virtio-blk: identify it, write a pattern, flush, read it back
