@@ -228,7 +228,7 @@ fn handshake(stream: UnixStream, guard: BusyGuard) -> Result<LocalBus, LocalBusE
     let opts = guard.0.opts.clone();
     let deadline = Instant::now() + opts.handshake_timeout;
     let mut hello = [0u8; HELLO_LEN];
-    match fds::recv_with_fds(stream.as_fd(), &mut hello, deadline) {
+    match fds::recv_with_fds(stream.as_fd(), &mut hello, deadline, HELLO_FDS) {
         Ok(fds) => build(&hello, fds, stream, guard, &opts),
         Err(e) => {
             if !matches!(e, LocalBusError::Disconnected) {

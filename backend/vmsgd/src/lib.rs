@@ -10,4 +10,5 @@ pub mod devices;
 pub mod error;
 pub mod logging;
 pub mod reload;
+pub mod sandbox;
 pub mod xen;

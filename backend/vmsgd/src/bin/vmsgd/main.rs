@@ -11,7 +11,7 @@ use vmsg_backend::hotplug::DeviceControl;
 use vmsg_backend::instance::StopSignal;
 use vmsgd::config::{self, Config};
 use vmsgd::daemon::Daemon;
-use vmsgd::{logging, xen};
+use vmsgd::{logging, sandbox, xen};
 
 mod demo;
 
@@ -102,6 +102,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raise the soft fd limit to the hard one (every serving role does this
+/// first; `sandbox::raise_fd_limit` says why) and log the result.
+fn raise_fd_limit() {
+    match sandbox::raise_fd_limit() {
+        Ok((soft, _)) => info!("file descriptor limit: {soft}"),
+        Err(e) => warn!("{e}; keeping the file descriptor limit as it is"),
+    }
+}
+
 fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(cfg) => {
@@ -145,6 +154,7 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
         eprintln!("vmsgd: {e}");
         return ExitCode::FAILURE;
     }
+    raise_fd_limit();
     // Block the termination signals and SIGHUP in every thread (threads
     // inherit the mask) and take them synchronously here, so shutdown and
     // reloads are orderly.
@@ -277,6 +287,7 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
         eprintln!("vmsgd: {e}");
         return ExitCode::FAILURE;
     }
+    raise_fd_limit();
     // SIGHUP re-reads the domain file and applies its device changes live.
     let control: Arc<OnceLock<DeviceControl>> = Arc::new(OnceLock::new());
     let hangup = {
@@ -334,6 +345,7 @@ fn watch(dir: &std::path::Path, log_level: &str, syslog: bool) -> ExitCode {
         eprintln!("vmsgd: {e}");
         return ExitCode::FAILURE;
     }
+    raise_fd_limit();
     // Children are reaped through a signalfd: SIGCHLD stays blocked.
     let stop = match stop_on_signals(&[Signal::SIGCHLD], None) {
         Ok(s) => s,
