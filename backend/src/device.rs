@@ -7,7 +7,7 @@
 //! notification suppression (EVENT_IDX) honoured.
 
 use std::os::fd::RawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use thiserror::Error;
@@ -37,6 +37,82 @@ pub enum DeviceError {
 pub struct QueueOutcome {
     /// Used entries were added: the driver may need an EVENT_USED.
     pub used_added: bool,
+}
+
+/// How much one pass over a queue may do before the instance looks at its
+/// other work again (the bus, the stop signal, the control socket, the
+/// guest's other queues and devices).
+///
+/// A guest decides how many buffers it posts and how large they are: without
+/// a bound, one pass over a ring full of huge requests keeps the guest's
+/// thread busy for as long as the guest likes, and SIGTERM waits. The host
+/// runs every queue one pass at a time ([`VirtioDevice::process_queue`]); a
+/// pass that made progress and left buffers on the ring is run again after
+/// the instance has polled its fds. A model bounds each pass with this
+/// budget ([`VirtioDevice::process_queue_bounded`]): it starts a chain only
+/// if [`PassBudget::take_chain`] agrees and reports the bytes it moved with
+/// [`PassBudget::spend`]; once the budget is spent it returns, leaving the
+/// rest on the ring.
+#[derive(Clone, Debug)]
+pub struct PassBudget {
+    chains: u32,
+    bytes: u64,
+    deadline: Instant,
+}
+
+impl PassBudget {
+    /// Chains one pass may start.
+    pub const MAX_CHAINS: u32 = 64;
+    /// Bytes one pass may move to or from guest memory (or the disk).
+    pub const MAX_BYTES: u64 = 4 << 20;
+    /// Time after which a pass starts no further chain (checked between
+    /// chains).
+    pub const MAX_TIME: Duration = Duration::from_millis(5);
+
+    /// A fresh budget for one pass, starting now.
+    pub fn new() -> Self {
+        Self::with_limits(Self::MAX_CHAINS, Self::MAX_BYTES, Self::MAX_TIME)
+    }
+
+    /// A budget of `chains` chains, `bytes` bytes and `time` from now.
+    pub fn with_limits(chains: u32, bytes: u64, time: Duration) -> Self {
+        Self {
+            chains,
+            bytes,
+            deadline: Instant::now() + time,
+        }
+    }
+
+    /// Whether another chain may be started; if so, counts it. The first
+    /// chain of a fresh budget is always allowed, so every pass progresses.
+    pub fn take_chain(&mut self) -> bool {
+        if self.chains == 0 || self.bytes == 0 || Instant::now() >= self.deadline {
+            return false;
+        }
+        self.chains -= 1;
+        true
+    }
+
+    /// Count `bytes` moved.
+    pub fn spend(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Bytes still allowed in this pass.
+    pub fn bytes_left(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether nothing more may be started.
+    pub fn is_spent(&self) -> bool {
+        self.chains == 0 || self.bytes == 0 || Instant::now() >= self.deadline
+    }
+}
+
+impl Default for PassBudget {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A virtio device model (rng, blk, net, i2c).
@@ -71,7 +147,14 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, _features: u64) -> Result<(), DeviceError> {
         Ok(())
     }
-    /// Process available buffers of queue `index`.
+    /// One pass over the available buffers of queue `index`.
+    ///
+    /// The host calls this once per pass: after a pass that consumed
+    /// buffers and left some on the ring, it runs the next pass only after
+    /// the instance has looked at its fds (stop, the bus, other queues). A
+    /// pass should therefore not take everything a hostile guest posts:
+    /// models that can do much work per buffer implement
+    /// [`VirtioDevice::process_queue_bounded`] and stop at its budget.
     ///
     /// Guarantee for asynchronous models: the memory behind `mem` stays
     /// mapped until [`VirtioDevice::reset`] (or
@@ -83,6 +166,19 @@ pub trait VirtioDevice: Send {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, DeviceError>;
+    /// [`VirtioDevice::process_queue`] within `budget`: what the host
+    /// actually calls. A model that implements it starts chains only while
+    /// [`PassBudget::take_chain`] allows and reports the bytes it moved;
+    /// the default ignores the budget and runs `process_queue`.
+    fn process_queue_bounded(
+        &mut self,
+        index: u16,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        _budget: &mut PassBudget,
+    ) -> Result<QueueOutcome, DeviceError> {
+        self.process_queue(index, queue, mem)
+    }
     /// Return to the initial state (device reset). A model with I/O in
     /// flight must wait for it here: nothing the guest was told is durable
     /// may be lost, and no completion may land in memory after the reset.
@@ -194,6 +290,9 @@ pub struct DeviceHost {
     counters: DeviceCounters,
     /// Where EVENT_USED / EVENT_CONFIG are encoded (bus maximum long).
     event_buf: Vec<u8>,
+    /// Queues whose last pass made progress and left buffers on the ring:
+    /// the instance runs another pass once it has polled its fds.
+    runnable: Vec<bool>,
 }
 
 impl std::fmt::Debug for DeviceHost {
@@ -213,6 +312,7 @@ impl DeviceHost {
             & !(1 << feature::NOTIF_CONFIG_DATA)
             & !(1 << feature::NOTIFICATION_DATA);
         let queues = dev.queue_max_sizes().iter().map(|_| None).collect();
+        let runnable = vec![false; dev.queue_max_sizes().len()];
         Self {
             dev_num,
             model: ModelAdapter {
@@ -224,6 +324,7 @@ impl DeviceHost {
             mem: None,
             counters: DeviceCounters::default(),
             event_buf: Vec::new(),
+            runnable,
         }
     }
 
@@ -251,6 +352,7 @@ impl DeviceHost {
     /// that bus's codec and guest memory.
     pub fn attach(&mut self, codec: Codec, transport_features: u32, mem: GuestMemoryHandle) {
         let _ = self.model.reset();
+        self.runnable.fill(false);
         self.transport = Some(DeviceTransport::new(
             &self.model,
             self.dev_num,
@@ -266,6 +368,7 @@ impl DeviceHost {
     /// Detach from the bus (peer gone): stop everything.
     pub fn detach(&mut self) {
         let _ = self.model.reset();
+        self.runnable.fill(false);
         self.transport = None;
         self.mem = None;
     }
@@ -295,7 +398,9 @@ impl DeviceHost {
     /// handed to `emit`, in order.
     pub fn apply(&mut self, effect: Effect, emit: &mut dyn FnMut(&[u8])) {
         match effect {
-            Effect::None | Effect::Reset => {}
+            Effect::None => {}
+            // The transport reset the model (and with it every queue).
+            Effect::Reset => self.runnable.fill(false),
             Effect::Failed => self.stop_queues(),
             Effect::Activate => {
                 let features = self
@@ -324,6 +429,9 @@ impl DeviceHost {
                 Err(e) => self.fail(&e, emit),
             },
             Effect::QueueReset(index) => {
+                if let Some(r) = self.runnable.get_mut(index as usize) {
+                    *r = false;
+                }
                 if let Some(q) = self.model.queues.get_mut(index as usize) {
                     if q.take().is_some() {
                         self.model.dev.queue_reset(index as u16);
@@ -381,8 +489,13 @@ impl DeviceHost {
         Ok(())
     }
 
-    /// Run the model on queue `index` and send EVENT_USED if the driver wants one.
+    /// Run one pass of the model on queue `index` and send EVENT_USED if
+    /// the driver wants one. A pass that consumed buffers and left more on
+    /// the ring marks the queue runnable ([`DeviceHost::run_pending`]).
     fn process(&mut self, index: u32, emit: &mut dyn FnMut(&[u8])) {
+        if let Some(r) = self.runnable.get_mut(index as usize) {
+            *r = false;
+        }
         let (Some(transport), Some(mem)) = (self.transport.as_ref(), self.mem.clone()) else {
             return;
         };
@@ -392,32 +505,74 @@ impl DeviceHost {
         let Some(Some(queue)) = self.model.queues.get_mut(index as usize) else {
             return;
         };
-        let mut used_added = false;
-        loop {
-            let before = queue.next_avail();
-            match self.model.dev.process_queue(index as u16, queue, &mem) {
-                Ok(outcome) => used_added |= outcome.used_added,
+        let before = queue.next_avail();
+        let mut budget = PassBudget::new();
+        let used_added =
+            match self
+                .model
+                .dev
+                .process_queue_bounded(index as u16, queue, &mem, &mut budget)
+            {
+                Ok(outcome) => outcome.used_added,
                 Err(e) => return self.fail(&e, emit),
-            }
-            // Re-arm driver notifications (with EVENT_IDX: publish
-            // avail_event, without which the driver stops kicking), then
-            // look again for buffers posted meanwhile. Another pass only if
-            // this one consumed something: a model stalled on a rate limit or
-            // its in-flight bound is woken by its deadline or completions.
-            match queue.enable_notification(&*mem) {
-                Ok(true) if queue.next_avail() != before => {}
-                Ok(_) => break,
-                Err(e) => {
-                    let err = DeviceError::QueueCorrupt {
-                        queue: index as u16,
-                        reason: e.to_string(),
-                    };
-                    return self.fail(&err, emit);
+            };
+        // Re-arm driver notifications (with EVENT_IDX: publish avail_event,
+        // without which the driver stops kicking), then look for buffers
+        // still on the ring: posted meanwhile, or left by a pass that spent
+        // its budget. Another pass only if this one consumed something: a
+        // model stalled on a rate limit or its in-flight bound is woken by
+        // its deadline or its completions.
+        match queue.enable_notification(&*mem) {
+            Ok(true) if queue.next_avail() != before => {
+                if let Some(r) = self.runnable.get_mut(index as usize) {
+                    *r = true;
                 }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let err = DeviceError::QueueCorrupt {
+                    queue: index as u16,
+                    reason: e.to_string(),
+                };
+                return self.fail(&err, emit);
             }
         }
         if used_added {
             self.notify_used(index, &mem, emit);
+        }
+    }
+
+    /// Whether a queue waits for another pass ([`DeviceHost::run_pending`]).
+    pub fn has_pending_work(&self) -> bool {
+        self.runnable.iter().any(|&r| r)
+    }
+
+    /// One more pass of every queue whose last pass left buffers on the
+    /// ring.
+    pub fn run_pending(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        for index in 0..self.runnable.len() {
+            if self.runnable[index] {
+                self.process(index as u32, emit);
+            }
+        }
+    }
+
+    /// Mark every live queue with buffers the model has not taken runnable
+    /// (after a completion freed room, a model may be able to go on).
+    fn mark_backlogged(&mut self) {
+        let Some(mem) = self.mem.as_ref() else {
+            return;
+        };
+        for (index, q) in self.model.queues.iter().enumerate() {
+            let Some(q) = q else { continue };
+            let waiting = q
+                .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
+                .is_ok_and(|idx| idx.0 != q.next_avail());
+            if waiting {
+                if let Some(r) = self.runnable.get_mut(index) {
+                    *r = true;
+                }
+            }
         }
     }
 
@@ -437,6 +592,7 @@ impl DeviceHost {
                 for index in used {
                     self.notify_used(u32::from(index), &mem, emit);
                 }
+                self.mark_backlogged();
             }
             Err(e) => self.fail(&e, emit),
         }
@@ -496,6 +652,7 @@ impl DeviceHost {
 
     /// Stop every live queue, letting the model drain each first.
     fn stop_queues(&mut self) {
+        self.runnable.iter_mut().for_each(|r| *r = false);
         for (index, q) in self.model.queues.iter_mut().enumerate() {
             if q.take().is_some() {
                 self.model.dev.queue_reset(index as u16);

@@ -183,6 +183,10 @@ const EV_STOP: u64 = 3;
 const EV_HOTPLUG: u64 = 4;
 /// Device fds use `EV_DEVICE_BASE + dev_num`.
 const EV_DEVICE_BASE: u64 = 1 << 32;
+/// Most frames one drain of the bus handles before the instance looks at its
+/// fds again (stop, control, device completions): a driver can refill the
+/// ring as fast as it is emptied.
+pub const MAX_FRAMES_PER_DRAIN: usize = 64;
 
 impl GuestInstance {
     /// An instance named `name` hosting `devices` at their device numbers.
@@ -315,14 +319,14 @@ impl GuestInstance {
         let mut events = [EpollEvent::empty(); 4];
         loop {
             bus.ack_doorbell()?;
-            self.drain(codec, bus, &mut buf, &mut out)?;
-            if !self.options.poll_spin.is_zero() {
+            let mut backlog = self.drain(codec, bus, &mut buf, &mut out)? == MAX_FRAMES_PER_DRAIN;
+            if !self.options.poll_spin.is_zero() && !backlog {
                 // Spin until the ring stays empty for poll_spin, then sleep.
                 bus.set_spinning(true);
                 let mut idle_since = Instant::now();
                 let mut spins = 0u32;
                 loop {
-                    if self.drain(codec, bus, &mut buf, &mut out)? {
+                    if self.drain(codec, bus, &mut buf, &mut out)? > 0 {
                         spins = 0;
                         idle_since = Instant::now();
                         continue;
@@ -336,19 +340,41 @@ impl GuestInstance {
                 }
                 bus.set_spinning(false);
                 // A frame pushed while the flag was still set was not kicked.
-                self.drain(codec, bus, &mut buf, &mut out)?;
+                backlog = self.drain(codec, bus, &mut buf, &mut out)? == MAX_FRAMES_PER_DRAIN;
             }
+            self.run_pending(bus)?;
             self.run_deadlines(bus)?;
-            let timeout = self
-                .devices
-                .values()
-                .filter_map(DeviceHost::next_deadline)
-                .min()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            let timeout = match timeout {
-                Some(d) => EpollTimeout::try_from(d.max(Duration::from_millis(1)))
-                    .unwrap_or(EpollTimeout::NONE),
-                None => EpollTimeout::NONE,
+            // Work left over (frames beyond one drain's bound, queues whose
+            // pass spent its budget): look at the fds without sleeping, so
+            // stop, the control path and the other devices are seen between
+            // bounded slices of a guest's work.
+            let busy = backlog || self.devices.values().any(DeviceHost::has_pending_work);
+            let timeout = if busy {
+                EpollTimeout::ZERO
+            } else {
+                match self
+                    .devices
+                    .values()
+                    .filter_map(DeviceHost::next_deadline)
+                    .min()
+                {
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            EpollTimeout::ZERO
+                        } else {
+                            // Round up: epoll counts whole milliseconds, and
+                            // a sub-millisecond remainder rounded down would
+                            // spin until the deadline.
+                            let ms = left.as_micros().div_ceil(1000);
+                            EpollTimeout::try_from(Duration::from_millis(
+                                u64::try_from(ms).unwrap_or(u64::MAX),
+                            ))
+                            .unwrap_or(EpollTimeout::NONE)
+                        }
+                    }
+                    None => EpollTimeout::NONE,
+                }
             };
             let n = match epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
@@ -374,21 +400,38 @@ impl GuestInstance {
         }
     }
 
-    /// Handle every pending frame. Returns whether any frame was handled.
+    /// Handle pending frames, at most [`MAX_FRAMES_PER_DRAIN`] of them (a
+    /// driver can refill the ring as fast as we empty it). Returns how many
+    /// were handled.
     fn drain(
         &mut self,
         codec: &Codec,
         bus: &mut dyn Bus,
         buf: &mut [u8],
         out: &mut [u8],
-    ) -> Result<bool, InstanceError> {
-        let mut any = false;
-        while let Some(len) = bus.recv(buf)? {
-            any = true;
+    ) -> Result<usize, InstanceError> {
+        let mut handled = 0;
+        while handled < MAX_FRAMES_PER_DRAIN {
+            let Some(len) = bus.recv(buf)? else {
+                break;
+            };
+            handled += 1;
             let frame = buf.get(..len).unwrap_or(&[]);
             self.on_frame(codec, frame, bus, out)?;
         }
-        Ok(any)
+        Ok(handled)
+    }
+
+    /// One more pass of every queue whose last pass left work on its ring.
+    fn run_pending(&mut self, bus: &mut dyn Bus) -> Result<(), InstanceError> {
+        let devices = &mut self.devices;
+        emit_to(bus, |emit| {
+            for dev in devices.values_mut() {
+                if dev.has_pending_work() {
+                    dev.run_pending(emit);
+                }
+            }
+        })
     }
 
     /// Decode, route and answer one frame.
@@ -623,3 +666,6 @@ fn epoll_delete(epoll: &Epoll, fd: RawFd) {
 fn send(bus: &mut dyn Bus, frame: &[u8]) -> Result<(), InstanceError> {
     bus.send(frame).map_err(InstanceError::from)
 }
+
+#[cfg(test)]
+mod tests;

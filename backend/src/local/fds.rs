@@ -189,11 +189,15 @@ fn wait_writable(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 /// than `max_fds` fds, whatever it sends. A truncated message (more fds than
 /// allowed, or the daemon out of fds so that the kernel could install only
 /// some) or a total above `max_fds` is refused.
+///
+/// If `cancel` becomes readable first, the read ends with
+/// [`LocalBusError::Stopped`].
 pub fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     deadline: Instant,
     max_fds: usize,
+    cancel: Option<BorrowedFd<'_>>,
 ) -> Result<Vec<OwnedFd>, LocalBusError> {
     let mut fds = Vec::new();
     let mut got = 0;
@@ -201,8 +205,14 @@ pub fn recv_with_fds(
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) };
     let mut control = vec![0u64; (space as usize).div_ceil(8)];
+    let mut watched = vec![sock];
+    watched.extend(cancel);
     while got < buf.len() {
-        if !wait_readable(&[sock], Some(deadline))?[0] {
+        let ready = wait_readable(&watched, Some(deadline))?;
+        if ready.get(1).copied().unwrap_or(false) {
+            return Err(LocalBusError::Stopped);
+        }
+        if !ready[0] {
             return Err(LocalBusError::Timeout);
         }
         let (n, truncated) = match recvmsg_fds(sock, &mut buf[got..], &mut control, &mut fds) {

@@ -151,6 +151,10 @@ pub enum LocalBusError {
     /// The peer did not complete the handshake in time.
     #[error("handshake timed out")]
     Timeout,
+    /// Daemon side: the stop signal fired while waiting for a driver or its
+    /// hello.
+    #[error("stopped")]
+    Stopped,
     /// The peer closed the connection.
     #[error("peer disconnected")]
     Disconnected,

@@ -171,9 +171,32 @@ impl LocalBusListener {
         self.accept_until(fds::deadline_after(Some(timeout)))
     }
 
+    /// Wait for a driver and perform the handshake, until `stop` becomes
+    /// readable: then [`LocalBusError::Stopped`], also in the middle of a
+    /// handshake (a silent peer cannot hold a stopping daemon for the
+    /// handshake timeout).
+    pub fn accept_or_stop(&self, stop: BorrowedFd<'_>) -> Result<LocalBus, LocalBusError> {
+        self.accept_inner(None, Some(stop))?
+            .ok_or(LocalBusError::Stopped)
+    }
+
     fn accept_until(&self, deadline: Option<Instant>) -> Result<Option<LocalBus>, LocalBusError> {
+        self.accept_inner(deadline, None)
+    }
+
+    fn accept_inner(
+        &self,
+        deadline: Option<Instant>,
+        stop: Option<BorrowedFd<'_>>,
+    ) -> Result<Option<LocalBus>, LocalBusError> {
+        let mut watched = vec![self.inner.listener.as_fd()];
+        watched.extend(stop);
         let stream = loop {
-            if !fds::wait_readable(&[self.inner.listener.as_fd()], deadline)?[0] {
+            let ready = fds::wait_readable(&watched, deadline)?;
+            if ready.get(1).copied().unwrap_or(false) {
+                return Err(LocalBusError::Stopped);
+            }
+            if !ready[0] {
                 return Ok(None);
             }
             match self.inner.listener.accept() {
@@ -191,7 +214,7 @@ impl LocalBusListener {
             return Err(LocalBusError::Busy);
         }
         let guard = BusyGuard(self.inner.clone());
-        handshake(stream, guard).map(Some)
+        handshake(stream, guard, stop).map(Some)
     }
 }
 
@@ -224,14 +247,22 @@ fn reject_busy(stream: &UnixStream) {
 }
 
 /// Receive the hello, validate it, answer, and build the bus.
-fn handshake(stream: UnixStream, guard: BusyGuard) -> Result<LocalBus, LocalBusError> {
+fn handshake(
+    stream: UnixStream,
+    guard: BusyGuard,
+    stop: Option<BorrowedFd<'_>>,
+) -> Result<LocalBus, LocalBusError> {
     let opts = guard.0.opts.clone();
+    debug!(
+        "local bus {}: a driver connected; waiting for its hello",
+        guard.0.path.display()
+    );
     let deadline = Instant::now() + opts.handshake_timeout;
     let mut hello = [0u8; HELLO_LEN];
-    match fds::recv_with_fds(stream.as_fd(), &mut hello, deadline, HELLO_FDS) {
+    match fds::recv_with_fds(stream.as_fd(), &mut hello, deadline, HELLO_FDS, stop) {
         Ok(fds) => build(&hello, fds, stream, guard, &opts),
         Err(e) => {
-            if !matches!(e, LocalBusError::Disconnected) {
+            if !matches!(e, LocalBusError::Disconnected | LocalBusError::Stopped) {
                 send_reject(&stream, &e);
             }
             Err(e)

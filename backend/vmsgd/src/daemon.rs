@@ -14,7 +14,7 @@ use vmsg_backend::instance::{
     GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
 };
 use vmsg_backend::linux_user::{LinuxUserBus, LinuxUserOptions, serve_linux_user};
-use vmsg_backend::local::{LocalBusListener, LocalServerOptions};
+use vmsg_backend::local::{LocalBusError, LocalBusListener, LocalServerOptions};
 
 use crate::config::{BusConfig, Config, GuestConfig};
 use crate::devices::build_devices;
@@ -289,8 +289,9 @@ fn serve_local(
         if stop.is_triggered() {
             return Ok(());
         }
-        let mut bus = match listener.accept() {
+        let mut bus = match listener.accept_or_stop(sfd) {
             Ok(bus) => bus,
+            Err(LocalBusError::Stopped) => return Ok(()),
             Err(e) => {
                 // A bad handshake is the peer's problem, not the guest's end.
                 warn!("guest {guest}: refused a connection: {e}");

@@ -4,9 +4,23 @@
 
 mod common;
 
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::sync::mpsc::{Sender, channel};
+use std::time::{Duration, Instant};
 
-use common::DaemonProcess;
+use common::{DaemonProcess, STARTUP};
+use vmsg_backend::local::LocalClientOptions;
+use vmsg_driver::Driver;
+use vmsg_driver::device::{FeatureSet, VirtioDevice};
+use vmsg_driver::local::LocalDriverBus;
+use vmsg_driver::virtq::Buffer;
+
+/// The bound on the daemon's exit after SIGTERM, whatever its guests do.
+const STOP_BOUND: Duration = Duration::from_secs(1);
+/// Most bytes the daemon's rng gives one request (vmsg_devices::rng).
+const RNG_MAX_REQUEST: u32 = 64 << 10;
 
 const RNG_GUEST: &str = r#"
 [[guest]]
@@ -61,4 +75,91 @@ fn soft_fd_limit_is_raised_to_the_hard_limit() {
     });
     assert_eq!(nofile_limits(d.pid()), (hard, hard));
     assert!(d.terminate().success());
+}
+
+/// A hostile rng driver: every request is a chain of 64 descriptors of
+/// 16 MiB over the same buffer (1 GiB per request), four at a time, posted
+/// again as fast as the device completes them. Reports each used length;
+/// returns when the daemon is gone.
+fn hostile_rng_guest(socket: &Path, lens: &Sender<u32>) {
+    const DESCS: usize = 64;
+    const SPAN: u32 = 16 << 20;
+    let bus = LocalDriverBus::connect_retrying(socket, &LocalClientOptions::default(), STARTUP)
+        .expect("connect");
+    let drv = Driver::new(Box::new(bus)).expect("driver session");
+    let mut dev = VirtioDevice::initialize(drv, 0, &FeatureSet::new()).expect("initialize");
+    let mut q = dev.setup_queue(0, 256).expect("queue 0");
+    dev.driver_ok().expect("DRIVER_OK");
+    let data = dev
+        .allocator()
+        .alloc(u64::from(SPAN), 4096)
+        .expect("data buffer");
+    let chain = [Buffer {
+        addr: data,
+        len: SPAN,
+        writable: true,
+    }; DESCS];
+    loop {
+        while q.num_free() >= DESCS {
+            q.add(&chain).expect("post");
+        }
+        if dev.notify(&q).is_err() {
+            return;
+        }
+        match dev.wait_used(&mut q, STARTUP) {
+            Ok(used) => {
+                if lens.send(used.len).is_err() {
+                    return;
+                }
+            }
+            // The daemon went away (the test stopped it).
+            Err(_) => return,
+        }
+    }
+}
+
+/// Defect 2: eight requests of 1 GiB each used to take 28 s of the
+/// daemon's CPU and SIGTERM 55 s to take effect. Each request now gets at
+/// most the per-request cap, and SIGTERM ends the daemon within a second
+/// while the guest keeps the ring full.
+#[test]
+fn sigterm_ends_the_daemon_within_a_second_under_rng_load() {
+    let mut d = DaemonProcess::start(RNG_GUEST, &[]);
+    let socket = d.path("g.sock");
+    let (tx, lens) = channel();
+    let guest = std::thread::spawn(move || hostile_rng_guest(&socket, &tx));
+    for _ in 0..64 {
+        let len = lens
+            .recv_timeout(STARTUP)
+            .expect("the daemon completes the guest's huge requests");
+        assert!(len <= RNG_MAX_REQUEST, "a request got {len} bytes");
+    }
+    let asked = Instant::now();
+    let status = d.terminate();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took < STOP_BOUND,
+        "SIGTERM took {took:?} to end the daemon under load"
+    );
+    guest.join().expect("guest thread");
+}
+
+/// Defect 2: a driver that connects and never sends its hello must not
+/// hold a stopping daemon for the handshake timeout (5 s).
+#[test]
+fn sigterm_is_not_held_by_a_silent_handshake() {
+    let mut d = DaemonProcess::start_with(RNG_GUEST, &[], |cmd| {
+        cmd.env("RUST_LOG", "debug");
+    });
+    let _silent = UnixStream::connect(d.path("g.sock")).expect("connect");
+    d.wait_for_log("waiting for its hello", STARTUP);
+    let asked = Instant::now();
+    let status = d.terminate();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took < STOP_BOUND,
+        "SIGTERM took {took:?} during a handshake"
+    );
 }

@@ -35,7 +35,7 @@ use thiserror::Error;
 use virtio_bindings::virtio_blk as vb;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use vmsg_backend::device::{DeviceError, QueueOutcome, VirtioDevice};
+use vmsg_backend::device::{DeviceError, PassBudget, QueueOutcome, VirtioDevice};
 use vmsg_backend::memory::GuestMemory;
 
 use self::config::{BlkConfigSpace, CONFIG_SIZE, bit, offered_features};
@@ -341,13 +341,15 @@ impl BlkDevice {
         }
     }
 
-    /// Pop and start requests of queue `q` until it is empty or at its
-    /// in-flight bound. Returns whether used entries were added.
+    /// Pop and start requests of queue `q` until it is empty, at its
+    /// in-flight bound or `budget` is spent (the host then runs another pass
+    /// later). Returns whether used entries were added.
     fn run_queue(
         &mut self,
         q: u16,
         queue: &mut Queue,
         mem: &GuestMemory,
+        budget: &mut PassBudget,
     ) -> Result<bool, DeviceError> {
         let qi = usize::from(q);
         if qi >= self.queues.len() {
@@ -368,6 +370,10 @@ impl BlkDevice {
                     self.queues[qi].throttled = true;
                     break 'notify;
                 }
+                if !budget.take_chain() {
+                    // The host sees the chains left and runs another pass.
+                    break 'notify;
+                }
                 let chain = {
                     let mut iter = queue.iter(mem).map_err(|e| corrupt(q, &e))?;
                     iter.next()
@@ -377,6 +383,17 @@ impl BlkDevice {
                 };
                 let head = chain.head_index();
                 let parsed = request::parse(chain, mem, &limits);
+                if inline {
+                    // Synchronous I/O takes time by the byte; queued I/O
+                    // does not hold this thread.
+                    let bytes: u64 = match &parsed.body {
+                        Ok(Body::In { data, .. } | Body::Out { data, .. }) => {
+                            data.iter().map(|p| u64::from(p.len)).sum()
+                        }
+                        _ => 0,
+                    };
+                    budget.spend(bytes);
+                }
                 used |= self.start(q, queue, ident, head, parsed, mem)?;
                 if inline {
                     used |= self.complete_inline(q, queue, mem)?;
@@ -727,6 +744,16 @@ impl VirtioDevice for BlkDevice {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, DeviceError> {
+        self.process_queue_bounded(index, queue, mem, &mut PassBudget::new())
+    }
+
+    fn process_queue_bounded(
+        &mut self,
+        index: u16,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        budget: &mut PassBudget,
+    ) -> Result<QueueOutcome, DeviceError> {
         let mut used = false;
         // Completions an inline engine produced for this queue while another
         // was being processed.
@@ -740,7 +767,7 @@ impl VirtioDevice for BlkDevice {
                 }
             }
         }
-        used |= self.run_queue(index, queue, mem)?;
+        used |= self.run_queue(index, queue, mem, budget)?;
         Ok(QueueOutcome { used_added: used })
     }
 
@@ -809,7 +836,10 @@ impl VirtioDevice for BlkDevice {
                 continue;
             };
             let q = q as u16;
-            if self.run_queue(q, queue, mem)? && !used.contains(&q) {
+            // What this pass leaves is seen by the host (it looks for
+            // buffers left on every live queue after a completion).
+            let mut budget = PassBudget::new();
+            if self.run_queue(q, queue, mem, &mut budget)? && !used.contains(&q) {
                 used.push(q);
             }
         }
