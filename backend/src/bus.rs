@@ -29,6 +29,11 @@ pub enum BusError {
     /// or broken, the bus instance cannot continue.
     #[error("shared ring corrupt: {0}")]
     RingCorrupt(&'static str),
+    /// The peer took back memory it shared (e.g. freed pages of its RAM):
+    /// touching it would make the device side allocate it. The bus instance
+    /// cannot continue.
+    #[error("shared memory revoked: {0}")]
+    MemoryRevoked(String),
     /// An OS call failed.
     #[error("{op}: {source}")]
     Os {

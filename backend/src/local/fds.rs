@@ -17,13 +17,19 @@ use vm_memory::{FileOffset, MmapRegion};
 
 use super::{LocalBusError, RejectCode};
 
-/// Create a sealable memfd of `size` bytes and seal its size, so the peer
-/// cannot shrink it under our mapping (which would SIGBUS the mapper).
+/// Create a sealable memfd of `size` bytes, allocate all of it and seal its
+/// size, so the peer cannot shrink it under our mapping (which would SIGBUS
+/// the mapper). Allocated here, its pages are the creator's: the daemon
+/// refuses a memfd with holes (its own page faults would allocate them).
 pub fn create_memfd(name: &str, size: u64) -> Result<File, LocalBusError> {
     let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
         .map_err(LocalBusError::os("memfd_create"))?;
     let len = i64::try_from(size).map_err(|_| LocalBusError::InvalidOptions("memfd size"))?;
     nix::unistd::ftruncate(&fd, len).map_err(LocalBusError::os("ftruncate"))?;
+    if len > 0 {
+        nix::fcntl::fallocate(&fd, nix::fcntl::FallocateFlags::empty(), 0, len)
+            .map_err(LocalBusError::os("fallocate"))?;
+    }
     fcntl(
         &fd,
         FcntlArg::F_ADD_SEALS(
@@ -73,7 +79,30 @@ pub fn check_memfd(
             format!("{what} memfd holds {size} bytes, {need} declared"),
         ));
     }
+    let allocated = allocated_bytes(&st);
+    if allocated < need {
+        return Err(LocalBusError::refused(
+            code,
+            format!(
+                "{what} memfd has {allocated} of its {need} bytes allocated; allocate it all \
+                 (fallocate) before sharing it"
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Bytes of a file backed by allocated pages (`st_blocks` counts 512-byte
+/// units; for a memfd, pages allocated or swapped out, not holes).
+pub fn allocated_bytes(st: &nix::sys::stat::FileStat) -> u64 {
+    u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512)
+}
+
+/// Whether the memfd behind a mapping still has at least `need` bytes
+/// allocated (a driver can punch holes into a memfd sealed only against
+/// shrinking).
+pub fn still_allocated(file: &File, need: u64) -> Result<bool, Errno> {
+    Ok(allocated_bytes(&fstat(file)?) >= need)
 }
 
 /// Check that a peer's fd is an eventfd and make it non-blocking (we must

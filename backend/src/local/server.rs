@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MmapRegion,
+};
 use vmsg_transport::ring::{self, Consumer, Producer, RingError, Role, SharedRegion};
 
 use super::fds::{self, SocketState};
@@ -496,6 +499,7 @@ pub struct LocalBus {
     profile: u8,
     ram_base: u64,
     ram_size: u64,
+    ring_size: u64,
     send_timeout: Duration,
     scratch: Vec<u8>,
     oversized: u64,
@@ -528,6 +532,7 @@ impl LocalBus {
             profile: v.hello.profile,
             ram_base: v.hello.ram_base,
             ram_size: v.hello.ram_size,
+            ring_size: v.hello.ring_size,
             send_timeout: opts.send_timeout,
             scratch: vec![0; slot],
             oversized: 0,
@@ -556,6 +561,29 @@ impl LocalBus {
     #[cfg(test)]
     pub(super) fn ring_ptr(&self) -> *mut u8 {
         self._ring_map.as_ptr()
+    }
+
+    /// Whether the RAM and ring memfds are still fully allocated, as the
+    /// handshake found them.
+    fn check_memory(&self) -> Result<(), BusError> {
+        let ram = self
+            .memory
+            .iter()
+            .next()
+            .and_then(|r| r.file_offset())
+            .map(|f| (f.file(), self.ram_size, "RAM"));
+        let ring = self
+            ._ring_map
+            .file_offset()
+            .map(|f| (f.file(), self.ring_size, "ring"));
+        for (file, need, what) in ram.into_iter().chain(ring) {
+            if !fds::still_allocated(file, need).map_err(bus_err("fstat shared memfd"))? {
+                return Err(BusError::MemoryRevoked(format!(
+                    "the driver freed pages of its {what} memfd"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Turn away drivers connecting while we serve this one.
@@ -627,7 +655,10 @@ impl Bus for LocalBus {
     fn ack_doorbell(&mut self) -> Result<(), BusError> {
         let n = fds::drain(&self.kick).map_err(bus_err("read kick eventfd"))?;
         self.counters.doorbells_in += n;
-        Ok(())
+        // Before every batch of work: the driver's memory must still be the
+        // driver's (a hole punched into it would be refilled by our faults,
+        // charged to the daemon). One fstat per memfd per wake-up.
+        self.check_memory()
     }
 
     fn control_fd(&self) -> Option<RawFd> {
