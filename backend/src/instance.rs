@@ -140,7 +140,9 @@ pub struct InstanceOptions {
     /// Wire profile of the bus instance.
     pub profile: Profile,
     /// After draining the ring, keep polling it this long before sleeping on
-    /// the doorbell (0 = always sleep). Trades a core for latency.
+    /// the doorbell (0 = always sleep). Trades a core for latency. At most
+    /// [`MAX_POLL_SPIN`] is honoured; the fds (stop, control) are looked at
+    /// while spinning.
     pub poll_spin: Duration,
 }
 
@@ -187,6 +189,22 @@ const EV_DEVICE_BASE: u64 = 1 << 32;
 /// fds again (stop, control, device completions): a driver can refill the
 /// ring as fast as it is emptied.
 pub const MAX_FRAMES_PER_DRAIN: usize = 64;
+/// Longest `poll_spin` honoured: polling is for latency, a longer spin only
+/// burns a core (the configuration refuses more).
+pub const MAX_POLL_SPIN: Duration = Duration::from_millis(10);
+/// How often a spinning instance looks at its other fds (one epoll_wait
+/// without timeout each time).
+const FD_CHECK_WHILE_SPINNING: Duration = Duration::from_micros(100);
+
+/// Whether any fd other than the doorbell is ready (a zero-timeout look;
+/// level-triggered, so the events are reported again by the next wait).
+fn other_fds_ready(epoll: &Epoll, events: &mut [EpollEvent]) -> Result<bool, InstanceError> {
+    match epoll.wait(events, EpollTimeout::ZERO) {
+        Ok(n) => Ok(events[..n].iter().any(|e| e.data() != EV_DOORBELL)),
+        Err(nix::Error::EINTR) => Ok(false),
+        Err(e) => Err(errno("epoll_wait")(e)),
+    }
+}
 
 impl GuestInstance {
     /// An instance named `name` hosting `devices` at their device numbers.
@@ -320,23 +338,37 @@ impl GuestInstance {
         loop {
             bus.ack_doorbell()?;
             let mut backlog = self.drain(codec, bus, &mut buf, &mut out)? == MAX_FRAMES_PER_DRAIN;
-            if !self.options.poll_spin.is_zero() && !backlog {
+            let poll_spin = self.options.poll_spin.min(MAX_POLL_SPIN);
+            if !poll_spin.is_zero() && !backlog {
                 // Spin until the ring stays empty for poll_spin, then sleep.
+                // Every FD_CHECK_WHILE_SPINNING, and whenever frames keep the
+                // spin going, look at the other fds (stop, a disconnect,
+                // device completions): any of them ends the spin.
                 bus.set_spinning(true);
                 let mut idle_since = Instant::now();
+                let mut fds_checked = idle_since;
                 let mut spins = 0u32;
                 loop {
+                    spins = spins.wrapping_add(1);
                     if self.drain(codec, bus, &mut buf, &mut out)? > 0 {
-                        spins = 0;
                         idle_since = Instant::now();
-                        continue;
+                    } else {
+                        std::hint::spin_loop();
                     }
                     // Reading the clock costs as much as a ring check.
-                    spins = spins.wrapping_add(1);
-                    if spins % 64 == 0 && idle_since.elapsed() >= self.options.poll_spin {
+                    if spins % 64 != 0 {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    if now.duration_since(idle_since) >= poll_spin {
                         break;
                     }
-                    std::hint::spin_loop();
+                    if now.duration_since(fds_checked) >= FD_CHECK_WHILE_SPINNING {
+                        fds_checked = now;
+                        if other_fds_ready(&epoll, &mut events)? {
+                            break;
+                        }
+                    }
                 }
                 bus.set_spinning(false);
                 // A frame pushed while the flag was still set was not kicked.

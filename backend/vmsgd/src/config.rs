@@ -479,8 +479,9 @@ impl Config {
                     socket,
                     max_msg_size,
                     profile,
-                    ..
+                    poll_spin_us,
                 } => {
+                    check_poll_spin(&loc, &bus_span, *poll_spin_us)?;
                     if let Some(other) = sockets.insert(socket.clone(), name.clone()) {
                         return Err(loc.error(
                             Some(bus_span.clone()),
@@ -611,6 +612,25 @@ impl Config {
     }
 }
 
+/// Largest `poll_spin_us` accepted: what the instance honours
+/// (`vmsg_backend::instance::MAX_POLL_SPIN`).
+pub const MAX_POLL_SPIN_US: u64 = vmsg_backend::instance::MAX_POLL_SPIN.as_micros() as u64;
+
+/// A bus's `poll_spin_us` must be one the instance honours.
+fn check_poll_spin(loc: &Locator<'_>, span: &Range<usize>, us: u64) -> Result<(), ConfigError> {
+    if us > MAX_POLL_SPIN_US {
+        return Err(loc.error(
+            Some(span.clone()),
+            format!(
+                "poll_spin_us {us} is above the most allowed, {MAX_POLL_SPIN_US} ({} ms)",
+                MAX_POLL_SPIN_US / 1000
+            ),
+            "use 0 (sleep on the doorbell, the default) or a few tens of microseconds, e.g. 50",
+        ));
+    }
+    Ok(())
+}
+
 /// Smallest `max_msg_size` a wire profile allows.
 fn min_msg_size(profile: ProfileName) -> usize {
     match profile {
@@ -629,11 +649,13 @@ fn check_xen(loc: &Locator<'_>, span: Range<usize>, bus: &BusConfig) -> Result<(
         profile,
         max_msg_size,
         max_ring_page_order,
+        poll_spin_us,
         ..
     } = bus
     else {
         return Ok(());
     };
+    check_poll_spin(loc, &span, *poll_spin_us)?;
     let err = |message: String, fix: &str| loc.error(Some(span.clone()), message, fix);
     let min = min_msg_size(*profile);
     if (*max_msg_size as usize) < min || *max_msg_size as usize > vmsg_proto::MAX_MSG_SIZE_LIMIT {
@@ -1130,6 +1152,12 @@ rate_limit = 4096
                 "log level",
             ),
             ("", "no [[guest]]"),
+            // Issue 10, defect 4: accepted before, then the polling loop
+            // spun blind to SIGTERM.
+            (
+                "[[guest]]\nname = \"g\"\nbus = { kind = \"local\", socket = \"/s\", poll_spin_us = 1000000000000 }\n[[guest.device]]\nkind = \"rng\"\n",
+                "poll_spin_us 1000000000000 is above the most allowed, 10000 (10 ms)",
+            ),
             (
                 "[[guest]]\nname = \"a\"\nbus = { kind = \"local\", socket = \"/s\" }\n[[guest.device]]\nkind = \"rng\"\n[[guest]]\nname = \"b\"\nbus = { kind = \"local\", socket = \"/s\" }\n[[guest.device]]\nkind = \"rng\"\n",
                 "already used",
