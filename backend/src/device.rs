@@ -9,7 +9,7 @@
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::debug;
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
@@ -19,6 +19,8 @@ use vmsg_transport::device::{
 };
 
 use crate::memory::{GuestMemory, GuestMemoryHandle};
+use crate::rate_limited;
+use crate::ratelog::LogLimiter;
 
 /// Errors a device model reports from queue processing.
 #[derive(Debug, Error)]
@@ -293,6 +295,8 @@ pub struct DeviceHost {
     /// Queues whose last pass made progress and left buffers on the ring:
     /// the instance runs another pass once it has polled its fds.
     runnable: Vec<bool>,
+    /// Device errors a guest provokes are logged through this.
+    log_limit: LogLimiter,
 }
 
 impl std::fmt::Debug for DeviceHost {
@@ -325,6 +329,7 @@ impl DeviceHost {
             counters: DeviceCounters::default(),
             event_buf: Vec::new(),
             runnable,
+            log_limit: LogLimiter::default(),
         }
     }
 
@@ -614,7 +619,12 @@ impl DeviceHost {
                         self.counters.used_events += 1;
                         emit(&buf[..n]);
                     }
-                    Err(e) => warn!("{}: encoding EVENT_USED: {e}", self.model.dev.name()),
+                    Err(e) => rate_limited!(
+                        self.log_limit,
+                        warn,
+                        "{}: encoding EVENT_USED: {e}",
+                        self.model.dev.name()
+                    ),
                 }
             }
             Ok(false) => {}
@@ -663,7 +673,9 @@ impl DeviceHost {
     /// An unrecoverable queue or backend error: stop the queues, set
     /// DEVICE_NEEDS_RESET and tell the driver with EVENT_CONFIG.
     fn fail(&mut self, err: &DeviceError, emit: &mut dyn FnMut(&[u8])) {
-        warn!(
+        rate_limited!(
+            self.log_limit,
+            warn,
             "{} (dev {}): {err}; setting DEVICE_NEEDS_RESET",
             self.model.dev.name(),
             self.dev_num
@@ -679,7 +691,7 @@ impl DeviceHost {
                 emit(&buf[..n]);
             }
             Ok(None) => debug!("DEVICE_NEEDS_RESET already signalled"),
-            Err(e) => warn!("encoding EVENT_CONFIG: {e}"),
+            Err(e) => rate_limited!(self.log_limit, warn, "encoding EVENT_CONFIG: {e}"),
         }
     }
 }

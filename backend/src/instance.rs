@@ -21,6 +21,8 @@ use vmsg_transport::bus::{DeviceSet, answer_bus_request, event_device};
 use crate::bus::{Bus, BusCounters, BusError};
 use crate::device::{DeviceCounters, DeviceHost, VirtioDevice};
 use crate::hotplug::{Change, DeviceControl, HotplugError, HotplugQueue, Request};
+use crate::rate_limited;
+use crate::ratelog::LogLimiter;
 
 /// Errors of an instance.
 #[derive(Debug, Error)]
@@ -177,6 +179,9 @@ pub struct GuestInstance {
     drops: DropCounters,
     bus_counters: BusCounters,
     hotplug: HotplugQueue,
+    /// The guest's connects, disconnects and errors are logged through
+    /// this (a hostile guest must not flood the log).
+    log_limit: LogLimiter,
 }
 
 const EV_DOORBELL: u64 = 1;
@@ -230,6 +235,7 @@ impl GuestInstance {
             drops: DropCounters::default(),
             bus_counters: BusCounters::default(),
             hotplug: HotplugQueue::new()?,
+            log_limit: LogLimiter::default(),
         })
     }
 
@@ -242,6 +248,12 @@ impl GuestInstance {
     /// The guest's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The rate limit of this guest's log lines: whoever serves the guest
+    /// logs what the guest causes (connects, refusals) through it.
+    pub fn log_limiter(&mut self) -> &mut LogLimiter {
+        &mut self.log_limit
     }
 
     /// Counters so far.
@@ -267,7 +279,9 @@ impl GuestInstance {
     ) -> Result<ServeEnd, InstanceError> {
         let codec = self.attach(bus)?;
         bus.devices_changed(&self.device_numbers());
-        info!(
+        rate_limited!(
+            self.log_limit,
+            info,
             "{}: bus up ({:?}, max message {} bytes, {} devices)",
             self.name,
             self.options.profile,
@@ -278,9 +292,14 @@ impl GuestInstance {
         self.detach();
         self.bus_counters = bus.counters();
         let stats = self.stats();
-        info!(
+        rate_limited!(
+            self.log_limit,
+            info,
             "{}: bus down ({:?}); frames {}, drops {:?}",
-            self.name, result, stats.frames, stats.drops
+            self.name,
+            result,
+            stats.frames,
+            stats.drops
         );
         result
     }
@@ -499,7 +518,12 @@ impl GuestInstance {
             match answer_bus_request(&Devices(&self.devices), codec, &msg, out) {
                 Ok(Some(n)) => send(bus, &out[..n])?,
                 Ok(None) => self.drops.bus_unhandled += 1,
-                Err(e) => warn!("{}: encoding a bus response: {e}", self.name),
+                Err(e) => rate_limited!(
+                    self.log_limit,
+                    warn,
+                    "{}: encoding a bus response: {e}",
+                    self.name
+                ),
             }
             return Ok(());
         }
@@ -510,7 +534,13 @@ impl GuestInstance {
         let handled = match dev.handle(&msg, out) {
             Ok(h) => h,
             Err(e) => {
-                warn!("{}: device {}: {e}", self.name, msg.dev_num);
+                rate_limited!(
+                    self.log_limit,
+                    warn,
+                    "{}: device {}: {e}",
+                    self.name,
+                    msg.dev_num
+                );
                 return Ok(());
             }
         };

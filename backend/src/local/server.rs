@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::debug;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use vm_memory::{
@@ -24,6 +24,8 @@ use super::wire::{self, HELLO_FDS, HELLO_LEN, Hello, Reply};
 use super::{LocalBusError, RejectCode};
 use crate::bus::{Bus, BusCounters, BusError};
 use crate::memory::GuestMemoryHandle;
+use crate::rate_limited;
+use crate::ratelog::LogLimiter;
 
 /// Guest pages are 4 KiB; RAM base and size must be multiples of it.
 const PAGE: u64 = 4096;
@@ -74,6 +76,8 @@ struct ListenerInner {
     ident: (u64, u64),
     busy: AtomicBool,
     opts: LocalServerOptions,
+    /// Second drivers turned away are logged through this.
+    busy_log: std::sync::Mutex<LogLimiter>,
 }
 
 impl Drop for ListenerInner {
@@ -143,6 +147,7 @@ impl LocalBusListener {
                 ident: (md.dev(), md.ino()),
                 busy: AtomicBool::new(false),
                 opts,
+                busy_log: std::sync::Mutex::new(LogLimiter::default()),
             }),
         })
     }
@@ -591,7 +596,15 @@ impl LocalBus {
         for _ in 0..BUSY_REJECTS_PER_CALL {
             match self.guard.0.listener.accept() {
                 Ok((s, _)) => {
-                    warn!(
+                    let mut limit = self
+                        .guard
+                        .0
+                        .busy_log
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    rate_limited!(
+                        limit,
+                        warn,
                         "local bus: rejecting a second driver on {}: busy",
                         self.guard.0.path.display()
                     );

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use log::{error, info, warn};
+use log::{error, info};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vmsg_backend::hotplug::DeviceControl;
 use vmsg_backend::instance::{
@@ -15,6 +15,7 @@ use vmsg_backend::instance::{
 };
 use vmsg_backend::linux_user::{LinuxUserBus, LinuxUserOptions, serve_linux_user};
 use vmsg_backend::local::{LocalBusError, LocalBusListener, LocalServerOptions};
+use vmsg_backend::rate_limited;
 
 use crate::config::{BusConfig, Config, GuestConfig};
 use crate::devices::build_devices;
@@ -294,7 +295,11 @@ fn serve_local(
             Err(LocalBusError::Stopped) => return Ok(()),
             Err(e) => {
                 // A bad handshake is the peer's problem, not the guest's end.
-                warn!("guest {guest}: refused a connection: {e}");
+                rate_limited!(
+                    instance.log_limiter(),
+                    warn,
+                    "guest {guest}: refused a connection: {e}"
+                );
                 continue;
             }
         };
@@ -304,8 +309,16 @@ fn serve_local(
         }
         match end {
             Ok(ServeEnd::Stopped) => return Ok(()),
-            Ok(ServeEnd::Disconnected) => info!("guest {guest}: driver disconnected"),
-            Err(e) => warn!("guest {guest}: connection ended: {e}"),
+            Ok(ServeEnd::Disconnected) => rate_limited!(
+                instance.log_limiter(),
+                info,
+                "guest {guest}: driver disconnected"
+            ),
+            Err(e) => rate_limited!(
+                instance.log_limiter(),
+                warn,
+                "guest {guest}: connection ended: {e}"
+            ),
         }
     }
 }

@@ -163,3 +163,35 @@ fn sigterm_is_not_held_by_a_silent_handshake() {
         "SIGTERM took {took:?} during a handshake"
     );
 }
+
+/// Defect 5: one guest produced 3000 log lines a second with refused
+/// handshakes. Its lines are rate-limited (a burst, then one a second) and
+/// the next line let through says how many were suppressed.
+#[test]
+fn a_guest_cannot_flood_the_log() {
+    const ATTEMPTS: usize = 1000;
+    let mut d = DaemonProcess::start(RNG_GUEST, &[]);
+    let socket = d.path("g.sock");
+    let started = Instant::now();
+    for _ in 0..ATTEMPTS {
+        let mut s = UnixStream::connect(&socket).expect("connect");
+        // A hello with a bad magic: refused at once, with a reply.
+        std::io::Write::write_all(&mut s, &[0u8; 64]).expect("send");
+        let mut reply = [0u8; 24];
+        std::io::Read::read_exact(&mut s, &mut reply).expect("the refusal");
+    }
+    let secs = started.elapsed().as_secs();
+    let (status, log) = d.terminate_with_log();
+    assert!(status.success(), "{status}");
+    let refusals = log
+        .iter()
+        .filter(|l| l.contains("refused a connection"))
+        .count();
+    // The burst (20), then one a second, plus one for a partial second.
+    let bound = 20 + usize::try_from(secs).expect("seconds") + 1;
+    assert!(
+        refusals <= bound,
+        "{refusals} refusal lines for {ATTEMPTS} attempts in {secs} s (bound {bound})"
+    );
+    assert!(refusals >= 1, "refusals are still logged");
+}

@@ -13,6 +13,8 @@ use vm_memory::MmapRegion;
 use vmsg_backend::bus::{Bus, BusCounters, BusError};
 use vmsg_backend::instance::{GuestInstance, ServeEnd, StopSignal};
 use vmsg_backend::memory::GuestMemoryHandle;
+use vmsg_backend::rate_limited;
+use vmsg_backend::ratelog::LogLimiter;
 use vmsg_proto::{Codec, Profile};
 use vmsg_transport::ring::{self, Consumer, Producer, RingError, Role, SharedRegion};
 
@@ -211,6 +213,9 @@ pub struct XenBackend<P: BackendPlatform> {
     gone: bool,
     dropped_seen: u64,
     stats: Arc<SharedStats>,
+    /// Connects, refusals and disconnects (the guest's doing) are logged
+    /// through this.
+    log_limit: LogLimiter,
 }
 
 fn rm_if_exists<O: XsOps + ?Sized>(ops: &mut O, path: &str) -> Result<(), XsError> {
@@ -245,6 +250,7 @@ impl<P: BackendPlatform> XenBackend<P> {
             gone: false,
             dropped_seen: 0,
             stats: Arc::default(),
+            log_limit: LogLimiter::default(),
         };
         this.create_dirs()?;
         let fe_state = format!("{}/{}", this.fe_path, keys::STATE);
@@ -466,7 +472,12 @@ impl<P: BackendPlatform> XenBackend<P> {
 
     fn refuse(&mut self, e: &XenBusError) -> Result<(), XenBusError> {
         let msg = truncate_error(&e.to_string());
-        warn!("{}: refusing the frontend: {msg}", self.be_path);
+        rate_limited!(
+            self.log_limit,
+            warn,
+            "{}: refusing the frontend: {msg}",
+            self.be_path
+        );
         self.stats.failed_connects.fetch_add(1, Ordering::Relaxed);
         self.stats.rest().0 = Some(msg.clone());
         let path = format!("{}/{}", self.be_path, keys::ERROR);
@@ -518,7 +529,7 @@ impl<P: BackendPlatform> XenBackend<P> {
                         Ok(conn) => {
                             self.set_state(S::Connected)?;
                             self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                            info!("{}: connected", self.be_path);
+                            rate_limited!(self.log_limit, info, "{}: connected", self.be_path);
                             return Ok(Accept::Connected(Box::new(XenBus::new(self, conn))));
                         }
                         Err(e) => {
@@ -673,7 +684,12 @@ impl<P: BackendPlatform> XenBackend<P> {
                     Ok(ServeEnd::Stopped) => Some(RunEnd::Stopped),
                     Ok(ServeEnd::Disconnected) => None,
                     Err(e) => {
-                        warn!("{}: connection failed: {e}", bus.backend.be_path);
+                        rate_limited!(
+                            bus.backend.log_limit,
+                            warn,
+                            "{}: connection failed: {e}",
+                            bus.backend.be_path
+                        );
                         bus.fail(&e.to_string());
                         None
                     }
@@ -1072,7 +1088,12 @@ impl<P: BackendPlatform> Drop for XenBus<'_, P> {
                 debug!("{}: {e}", self.backend.be_path);
             }
         }
-        info!("{}: disconnected", self.backend.be_path);
+        rate_limited!(
+            self.backend.log_limit,
+            info,
+            "{}: disconnected",
+            self.backend.be_path
+        );
     }
 }
 

@@ -156,6 +156,17 @@ impl DaemonProcess {
         self.signal(nix::sys::signal::Signal::SIGHUP);
     }
 
+    /// SIGTERM the daemon, wait (bounded) for its exit and return its
+    /// status and every line it logged.
+    pub fn terminate_with_log(&mut self) -> (ExitStatus, Vec<String>) {
+        let status = self.terminate();
+        // The pipe's reader ends with the process: take what is left.
+        while let Ok(line) = self.lines.recv_timeout(STARTUP) {
+            self.seen.push(line);
+        }
+        (status, self.seen.clone())
+    }
+
     /// SIGTERM the daemon and wait (bounded) for its exit.
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);
