@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -194,4 +195,46 @@ fn a_guest_cannot_flood_the_log() {
         "{refusals} refusal lines for {ATTEMPTS} attempts in {secs} s (bound {bound})"
     );
     assert!(refusals >= 1, "refusals are still logged");
+}
+
+/// Defect 6: `check-config` passed files that `--config` then refused
+/// without a location (socket directory missing, the socket path a regular
+/// file, a path too long for a socket address). Both now refuse them the
+/// same way, at the bus's line, with a fix.
+#[test]
+fn check_config_refuses_what_the_daemon_would_refuse() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("plain"), b"data").expect("file");
+    let long = format!("{}/{}", dir.path().display(), "s".repeat(110));
+    for (socket, what) in [
+        (
+            format!("{}/missing/g.sock", dir.path().display()),
+            "does not exist",
+        ),
+        (format!("{}/plain", dir.path().display()), "is not a socket"),
+        (long, "at most 107"),
+    ] {
+        let cfg = dir.path().join("vmsgd.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[guest]]\nname = \"g\"\nbus = {{ kind = \"local\", socket = \"{socket}\" }}\n[[guest.device]]\nkind = \"rng\"\n"
+            ),
+        )
+        .expect("config");
+        let at = format!("{}:3:", cfg.display());
+        for args in [vec!["check-config"], vec!["--config"]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_vmsgd"))
+                .args(&args)
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run vmsgd");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {what}: {stderr}");
+            assert!(stderr.contains(&at), "{args:?} {what}: {stderr}");
+            assert!(stderr.contains(what), "{args:?} {what}: {stderr}");
+            assert!(stderr.contains("fix:"), "{args:?} {what}: {stderr}");
+        }
+    }
 }
