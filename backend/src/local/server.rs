@@ -393,10 +393,19 @@ fn validate(
             ));
         }
     }
-    if hello.max_msg_size < wire::MIN_MSG_SIZE || hello.max_msg_size > wire::MAX_MSG_SIZE {
+    // The profile's smallest maximum: its largest fixed-size message must
+    // fit (v2 52, v1 48, rfc2 44). Below it, messages would be dropped later.
+    let min = super::profile_from_id(hello.profile)
+        .map_or(wire::MIN_MSG_SIZE, |p| p.min_max_msg_size() as u32);
+    if hello.max_msg_size < min || hello.max_msg_size > wire::MAX_MSG_SIZE {
         return Err(E::refused(
             C::BadParams,
-            format!("max_msg_size {} outside 44..=65535", hello.max_msg_size),
+            format!(
+                "max_msg_size {} must be from {min} to {} for wire profile {}",
+                hello.max_msg_size,
+                wire::MAX_MSG_SIZE,
+                wire::profile_name(hello.profile)
+            ),
         ));
     }
     // `bind` checked ours is in range too.

@@ -458,6 +458,41 @@ fn handshake_rejects_bad_params() {
     reject_with(&o, |p| p.hello.profile = 3, RejectCode::BadParams);
 }
 
+/// Issue 10, defect 7: a message size below the profile's minimum (v2 52,
+/// v1 48, rfc2 44; the largest fixed-size message must fit) was accepted,
+/// then every such message dropped; it is refused at the handshake.
+#[test]
+fn handshake_refuses_a_message_size_below_the_profile_minimum() {
+    for (profile, min) in [(0u8, 52u32), (1, 48), (2, 44)] {
+        let o = LocalClientOptions {
+            profile,
+            ..small_client()
+        };
+        if min > 44 {
+            reject_with(
+                &o,
+                |p| p.hello.max_msg_size = min - 1,
+                RejectCode::BadParams,
+            );
+        }
+        // The minimum itself is fine.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = sock_path(&dir);
+        let l = listen(&path, LocalServerOptions::default());
+        let server = serve_one(&l);
+        let client = LocalBusClient::connect(
+            &path,
+            &LocalClientOptions {
+                max_msg_size: min as usize,
+                ..o
+            },
+        )
+        .expect("the profile's minimum");
+        assert_eq!(client.max_msg_size(), min as usize);
+        drop(server.join().expect("thread").expect("accept"));
+    }
+}
+
 #[test]
 fn handshake_profile_filter() {
     let dir = tempfile::tempdir().expect("tempdir");
