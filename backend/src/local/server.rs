@@ -373,6 +373,70 @@ fn validate(
     })?;
     fds::check_eventfd(&kick, "kick")?;
     fds::check_eventfd(&call, "call")?;
+    let HelloParams {
+        max_msg_size,
+        ram_len,
+        ring_len,
+    } = check_params(&hello, opts)?;
+    let (base, size) = (hello.ram_base, hello.ram_size);
+    fds::check_memfd(&ram, size, "RAM", C::BadMemory)?;
+    fds::check_memfd(&ring_fd, hello.ring_size, "ring", C::BadRing)?;
+    let ring_map = fds::map_memfd(File::from(ring_fd), ring_len, "ring region")?;
+    // SAFETY: `ring_map` is a live shared mapping of `ring_len` bytes that
+    // `Validated` (and then `LocalBus`) keeps alongside the ring ends made
+    // from this view; only those ends access it in this process.
+    let region = unsafe { SharedRegion::from_raw(ring_map.as_ptr(), ring_map.size()) };
+    let (producer, consumer) = ring::attach(&region, Role::Device)
+        .map_err(|e| E::refused(C::BadRing, format!("ring header: {e}")))?;
+    if producer.params() != hello.ring {
+        return Err(E::refused(
+            C::BadRing,
+            "ring header disagrees with the hello's ring parameters",
+        ));
+    }
+
+    let ram_map = fds::map_memfd(File::from(ram), ram_len, "guest RAM")?;
+    let region = GuestRegionMmap::new(ram_map, GuestAddress(base))
+        .ok_or_else(|| E::refused(C::BadMemory, "RAM region overflows"))?;
+    let memory =
+        GuestMemoryMmap::from_regions(vec![region]).map_err(|e| E::MemoryLayout(e.to_string()))?;
+
+    Ok(Validated {
+        hello,
+        max_msg_size,
+        producer,
+        consumer,
+        ring_map,
+        memory: Arc::new(memory),
+        kick,
+        call,
+    })
+}
+
+/// What a hello asks for, once it passed every check that needs no fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloParams {
+    /// The bus maximum both sides use: min(driver's, daemon's).
+    pub max_msg_size: u32,
+    /// Bytes of RAM to map.
+    pub ram_len: usize,
+    /// Bytes of the ring region to map.
+    pub ring_len: usize,
+}
+
+/// The checks of a hello that need no fd (framing, profile, message size,
+/// RAM window, ring geometry), as the daemon applies them: what the fuzz
+/// target `handshake` drives with arbitrary bytes.
+pub fn check_hello(
+    bytes: &[u8; HELLO_LEN],
+    opts: &LocalServerOptions,
+) -> Result<HelloParams, LocalBusError> {
+    check_params(&Hello::decode(bytes)?, opts)
+}
+
+fn check_params(hello: &Hello, opts: &LocalServerOptions) -> Result<HelloParams, LocalBusError> {
+    use LocalBusError as E;
+    use RejectCode as C;
 
     if hello.profile > wire::MAX_PROFILE {
         return Err(E::refused(
@@ -435,7 +499,6 @@ fn validate(
     }
     let ram_len = usize::try_from(size)
         .map_err(|_| E::refused(C::BadMemory, "RAM size exceeds the address space"))?;
-    fds::check_memfd(&ram, size, "RAM", C::BadMemory)?;
 
     let need = hello
         .ring
@@ -459,38 +522,11 @@ fn validate(
             ),
         ));
     }
-    fds::check_memfd(&ring_fd, hello.ring_size, "ring", C::BadRing)?;
-    // Bounded by MAX_RING_REGION above.
-    let ring_len = hello.ring_size as usize;
-    let ring_map = fds::map_memfd(File::from(ring_fd), ring_len, "ring region")?;
-    // SAFETY: `ring_map` is a live shared mapping of `ring_len` bytes that
-    // `Validated` (and then `LocalBus`) keeps alongside the ring ends made
-    // from this view; only those ends access it in this process.
-    let region = unsafe { SharedRegion::from_raw(ring_map.as_ptr(), ring_map.size()) };
-    let (producer, consumer) = ring::attach(&region, Role::Device)
-        .map_err(|e| E::refused(C::BadRing, format!("ring header: {e}")))?;
-    if producer.params() != hello.ring {
-        return Err(E::refused(
-            C::BadRing,
-            "ring header disagrees with the hello's ring parameters",
-        ));
-    }
-
-    let ram_map = fds::map_memfd(File::from(ram), ram_len, "guest RAM")?;
-    let region = GuestRegionMmap::new(ram_map, GuestAddress(base))
-        .ok_or_else(|| E::refused(C::BadMemory, "RAM region overflows"))?;
-    let memory =
-        GuestMemoryMmap::from_regions(vec![region]).map_err(|e| E::MemoryLayout(e.to_string()))?;
-
-    Ok(Validated {
-        hello,
+    Ok(HelloParams {
         max_msg_size,
-        producer,
-        consumer,
-        ring_map,
-        memory: Arc::new(memory),
-        kick,
-        call,
+        ram_len,
+        // Bounded by MAX_RING_REGION above.
+        ring_len: hello.ring_size as usize,
     })
 }
 
