@@ -288,7 +288,13 @@ impl GuestInstance {
             bus.max_msg_size(),
             self.devices.len()
         );
-        let result = self.event_loop(&codec, bus, stop);
+        // A bus that finds its peer gone while receiving or sending says
+        // so as an error; it is the same end as a disconnect seen on the
+        // control fd.
+        let result = match self.event_loop(&codec, bus, stop) {
+            Err(InstanceError::Bus(BusError::Disconnected)) => Ok(ServeEnd::Disconnected),
+            other => other,
+        };
         self.detach();
         self.bus_counters = bus.counters();
         let stats = self.stats();

@@ -98,7 +98,23 @@ pub struct DaemonSection {
     /// `error`, `warn`, `info`, `debug` or `trace`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// The system call filter (`docs/security.md`).
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+    /// The user to run as once everything that needs root is open (a name
+    /// or a number); unset: stay the starting user (without capabilities).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The group to run as (a name or a number); unset: the user's group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The control socket `vmsgctl status` and `vmsgctl stats` talk to
+    /// (mode 0600: root, or the daemon's user, only); unset: none.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
 }
+
+pub use crate::sandbox::SeccompMode;
 
 fn default_log_level() -> String {
     "info".into()
@@ -109,6 +125,10 @@ impl Default for DaemonSection {
         Self {
             log: LogTarget::default(),
             log_level: default_log_level(),
+            seccomp: SeccompMode::default(),
+            user: None,
+            group: None,
+            control_socket: None,
         }
     }
 }
@@ -361,8 +381,8 @@ struct RawGuest {
 #[derive(Debug)]
 struct RawConfig {
     daemon: DaemonSection,
-    /// Where `[daemon] log_level` is, if given.
-    log_level_at: Option<Range<usize>>,
+    /// Where each key of `[daemon]` is.
+    daemon_keys: BTreeMap<String, Range<usize>>,
     guest: Vec<Spanned<RawGuest>>,
 }
 
@@ -479,13 +499,34 @@ impl Config {
         let mut errors = Vec::new();
         if log_level(&raw.daemon.log_level).is_none() {
             errors.push(loc.error(
-                raw.log_level_at.clone(),
+                raw.daemon_keys.get("log_level").cloned(),
                 format!(
                     "[daemon] log_level \"{}\" is not a log level",
                     raw.daemon.log_level
                 ),
                 "use one of error, warn, info, debug, trace",
             ));
+        }
+        if host_checks {
+            for (key, value, check) in [
+                ("user", &raw.daemon.user, Some(raw.daemon.user.as_deref())),
+                ("group", &raw.daemon.group, None),
+            ] {
+                let Some(v) = value else { continue };
+                let found = match check {
+                    Some(user) => crate::sandbox::resolve_ids(user, None),
+                    None => crate::sandbox::resolve_ids(None, Some(v)),
+                };
+                if let Err(e) = found {
+                    errors.push(loc.error(
+                        raw.daemon_keys.get(key).cloned(),
+                        format!("[daemon] {key}: {e}"),
+                        format!(
+                            "create the {key} (e.g. `useradd --system vmsgd`) or give a numeric id"
+                        ),
+                    ));
+                }
+            }
         }
         let mut seen = Seen::default();
         let mut guests = Vec::new();
@@ -1467,5 +1508,29 @@ kind = \"rng\"
             assert!(err.message.contains("at most 107"), "{err}");
             assert!(err.fix.contains("shorter"), "{err}");
         }
+    }
+
+    #[test]
+    fn sandbox_settings() {
+        let guest = "[[guest]]\nname = \"g\"\nbus = { kind = \"local\", socket = \"/s\" }\n[[guest.device]]\nkind = \"rng\"\n";
+        let cfg = parse_offline(guest).expect("defaults");
+        assert_eq!(cfg.daemon.seccomp, SeccompMode::Kill, "on by default");
+        assert_eq!(
+            (cfg.daemon.user.as_deref(), cfg.daemon.group.as_deref()),
+            (None, None)
+        );
+        let cfg = parse_offline(&format!(
+            "[daemon]\nseccomp = \"log\"\nuser = \"vmsgd\"\ngroup = \"vmsgd\"\ncontrol_socket = \"/run/vmsgd/control.sock\"\n{guest}"
+        ))
+        .expect("all keys");
+        assert_eq!(cfg.daemon.seccomp, SeccompMode::Log);
+        assert_eq!(cfg.daemon.user.as_deref(), Some("vmsgd"));
+        let err = parse(&format!("[daemon]\nuser = \"no-such-user-here\"\n{guest}"))
+            .expect_err("unknown user");
+        assert_eq!(err.line, 2, "{err}");
+        assert!(err.fix.contains("useradd"), "{err}");
+        let err = parse_offline(&format!("[daemon]\nseccomp = \"maybe\"\n{guest}"))
+            .expect_err("bad mode");
+        assert!(err.message.contains("kill"), "{err}");
     }
 }

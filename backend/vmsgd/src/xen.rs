@@ -135,6 +135,13 @@ fn domain_file_err(file: &Path, message: String, fix: &str) -> XenError {
 /// Check that a loaded config is a domain file: one guest, named `name`,
 /// on the Xen bus.
 fn domain_guest(file: &Path, cfg: Config, name: &str) -> Result<GuestConfig, XenError> {
+    if cfg.daemon.user.is_some() || cfg.daemon.group.is_some() {
+        return Err(domain_file_err(
+            file,
+            "user/group in a domain file: a Xen domain's backend reopens root-only device nodes for every connection, so it runs as root without capabilities".into(),
+            "remove user and group from [daemon] (docs/security.md)",
+        ));
+    }
     let n = cfg.guests.len();
     let Some(guest) = cfg.guests.into_iter().next() else {
         return Err(domain_file_err(file, "no [[guest]]".into(), "add one"));

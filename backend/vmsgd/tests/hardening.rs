@@ -238,3 +238,53 @@ fn check_config_refuses_what_the_daemon_would_refuse() {
         }
     }
 }
+
+/// The `key:\tvalue` lines of `/proc/<pid>/status`.
+fn proc_status(pid: u32, key: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/pid/status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+/// The shipped defaults confine the daemon: seccomp filter on (mode 2), no
+/// new privileges, no capabilities in any set; with `user`/`group` it runs
+/// as them, supplementary groups cleared (when started as root).
+#[test]
+fn the_daemon_runs_filtered_and_without_privileges() {
+    let mut d = DaemonProcess::start(RNG_GUEST, &[]);
+    let pid = d.pid();
+    assert_eq!(proc_status(pid, "Seccomp"), "2");
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    for set in ["CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"] {
+        assert_eq!(proc_status(pid, set), "0000000000000000", "{set}");
+    }
+    // It still serves: a driver gets entropy through the filter.
+    let mut drv = common::driver(&d.path("g.sock"));
+    assert_eq!(drv.get_device_status(0).expect("status"), 0);
+    drop(drv);
+    assert!(d.terminate().success());
+
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let config = format!("[daemon]\nuser = \"65534\"\ngroup = \"65533\"\n{RNG_GUEST}");
+    let mut d = DaemonProcess::start(&config, &[]);
+    let pid = d.pid();
+    let ids = |key| {
+        proc_status(pid, key)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids("Uid"), ["65534"; 4]);
+    assert_eq!(ids("Gid"), ["65533"; 4]);
+    assert_eq!(proc_status(pid, "Groups"), "");
+    let mut drv = common::driver(&d.path("g.sock"));
+    assert_eq!(drv.get_device_status(0).expect("status"), 0);
+    drop(drv);
+    assert!(d.terminate().success());
+}

@@ -28,7 +28,7 @@ pub(super) fn read(loc: &Locator<'_>) -> Result<RawConfig, Vec<ConfigError>> {
     }
     let mut errors = Vec::new();
     let mut daemon = DaemonSection::default();
-    let mut log_level_at = None;
+    let mut daemon_keys = std::collections::BTreeMap::new();
     let mut guests = Vec::new();
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
@@ -37,7 +37,10 @@ pub(super) fn read(loc: &Locator<'_>) -> Result<RawConfig, Vec<ConfigError>> {
                     daemon = d;
                 }
                 if let DeValue::Table(t) = value.get_ref() {
-                    log_level_at = t.get_key_value("log_level").map(|(k, _)| k.span());
+                    daemon_keys = t
+                        .iter()
+                        .map(|(k, _)| (k.get_ref().to_string(), k.span()))
+                        .collect();
                 }
             }
             "guest" => match value.get_ref() {
@@ -64,7 +67,7 @@ pub(super) fn read(loc: &Locator<'_>) -> Result<RawConfig, Vec<ConfigError>> {
     if errors.is_empty() {
         Ok(RawConfig {
             daemon,
-            log_level_at,
+            daemon_keys,
             guest: guests,
         })
     } else {

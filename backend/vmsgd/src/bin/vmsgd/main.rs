@@ -63,7 +63,30 @@ enum Command {
         /// Log to syslog instead of stderr.
         #[arg(long)]
         syslog: bool,
+        /// The system call filter: kill (default), log (allow and log what
+        /// is not on the list, for debugging) or off. The `vmsgd run`
+        /// processes started inherit it.
+        #[arg(long, value_enum, default_value = "kill")]
+        seccomp: SeccompArg,
     },
+}
+
+/// `--seccomp`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SeccompArg {
+    Kill,
+    Log,
+    Off,
+}
+
+impl From<SeccompArg> for config::SeccompMode {
+    fn from(a: SeccompArg) -> Self {
+        match a {
+            SeccompArg::Kill => Self::Kill,
+            SeccompArg::Log => Self::Log,
+            SeccompArg::Off => Self::Off,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -89,9 +112,10 @@ fn main() -> ExitCode {
                 config_dir,
                 log_level,
                 syslog,
+                seccomp,
             }),
             _,
-        ) => watch(&config_dir, &log_level, syslog),
+        ) => watch(&config_dir, &log_level, syslog, seccomp.into()),
         (None, Some(file)) => run_daemon(&file),
         (None, None) => {
             eprintln!(
@@ -180,6 +204,30 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Everything that needs root is open (sockets bound, devices and
+    // images opened): drop what is left of it and filter system calls.
+    let sockets: Vec<PathBuf> = cfg
+        .guests
+        .iter()
+        .filter_map(|g| match &g.bus {
+            config::BusConfig::Local { socket, .. } => Some(socket.clone()),
+            _ => None,
+        })
+        .collect();
+    match sandbox::confine(
+        sandbox::Role::Daemon,
+        cfg.daemon.user.as_deref(),
+        cfg.daemon.group.as_deref(),
+        cfg.daemon.seccomp,
+        &sockets,
+    ) {
+        Ok(what) => info!("sandbox: {what}"),
+        Err(e) => {
+            error!("sandbox: {e}");
+            let _ = daemon.shutdown();
+            return ExitCode::FAILURE;
+        }
+    }
     info!(
         "vmsgd {} running {} guest(s) from {}",
         env!("CARGO_PKG_VERSION"),
@@ -316,6 +364,16 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The backend opens the Xen device nodes (root's) for every
+    // connection: it stays uid 0, without capabilities (docs/security.md;
+    // load_domain refuses user/group in a domain file).
+    match sandbox::confine(sandbox::Role::Domain, None, None, cfg.daemon.seccomp, &[]) {
+        Ok(what) => info!("sandbox: {what}"),
+        Err(e) => {
+            error!("sandbox: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let platform = xen::RestrictedHost {
         domid: domain.domid,
     };
@@ -331,7 +389,12 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
     }
 }
 
-fn watch(dir: &std::path::Path, log_level: &str, syslog: bool) -> ExitCode {
+fn watch(
+    dir: &std::path::Path,
+    log_level: &str,
+    syslog: bool,
+    seccomp: config::SeccompMode,
+) -> ExitCode {
     let Some(level) = config::log_level(log_level) else {
         eprintln!("vmsgd: --log-level {log_level:?}: use error, warn, info, debug or trace");
         return ExitCode::from(2);
@@ -363,6 +426,11 @@ fn watch(dir: &std::path::Path, log_level: &str, syslog: bool) -> ExitCode {
         .and_then(|launcher| {
             let mut xs = vmsg_xen::xenstore::XsClient::open()
                 .map_err(|e| format!("xenstore: {e} (is this dom0 with xenstored running?)"))?;
+            // The supervisor needs no privilege of its own; the backends it
+            // starts inherit the filter (and add their own).
+            let what = sandbox::confine(sandbox::Role::Watch, None, None, seccomp, &[])
+                .map_err(|e| format!("sandbox: {e}"))?;
+            info!("sandbox: {what}");
             let opts = xen::WatchOptions {
                 config_dir: dir.clone(),
                 ..xen::WatchOptions::default()
