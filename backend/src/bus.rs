@@ -107,4 +107,11 @@ pub trait Bus: Send {
 
     /// What the bus dropped or carried so far.
     fn counters(&self) -> BusCounters;
+
+    /// Counters only this kind of bus keeps (e.g. the Xen bus's grant cache
+    /// hits and maps), as (name, value) for `vmsgctl stats`: names are
+    /// `snake_case`, values only grow. Default: none.
+    fn extra_counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

@@ -59,7 +59,9 @@ pub struct QueueOutcome {
 pub struct PassBudget {
     chains: u32,
     bytes: u64,
-    deadline: Instant,
+    deadline: Option<Instant>,
+    /// No chain taken yet: the first is always allowed.
+    fresh: bool,
 }
 
 impl PassBudget {
@@ -81,18 +83,36 @@ impl PassBudget {
         Self {
             chains,
             bytes,
-            deadline: Instant::now() + time,
+            deadline: Instant::now().checked_add(time),
+            fresh: true,
+        }
+    }
+
+    /// The chain and byte bounds without the time bound: deterministic,
+    /// for a model's own `process_queue` (tests drive models directly).
+    pub fn untimed() -> Self {
+        Self {
+            chains: Self::MAX_CHAINS,
+            bytes: Self::MAX_BYTES,
+            deadline: None,
+            fresh: true,
         }
     }
 
     /// Whether another chain may be started; if so, counts it. The first
-    /// chain of a fresh budget is always allowed, so every pass progresses.
+    /// chain of a fresh budget is always allowed (however long the thread
+    /// waited to run), so every pass progresses.
     pub fn take_chain(&mut self) -> bool {
-        if self.chains == 0 || self.bytes == 0 || Instant::now() >= self.deadline {
+        let fresh = std::mem::take(&mut self.fresh);
+        if self.chains == 0 || self.bytes == 0 || (!fresh && self.timed_out()) {
             return false;
         }
         self.chains -= 1;
         true
+    }
+
+    fn timed_out(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Count `bytes` moved.
@@ -107,7 +127,7 @@ impl PassBudget {
 
     /// Whether nothing more may be started.
     pub fn is_spent(&self) -> bool {
-        self.chains == 0 || self.bytes == 0 || Instant::now() >= self.deadline
+        self.chains == 0 || self.bytes == 0 || (!self.fresh && self.timed_out())
     }
 }
 
@@ -210,6 +230,56 @@ pub trait VirtioDevice: Send {
     fn next_deadline(&self) -> Option<Instant> {
         None
     }
+    /// The model's own counters (bytes moved, requests by kind, errors), as
+    /// (name, value) for `vmsgctl stats` and Prometheus: names are
+    /// `snake_case`, values only grow (a gauge's name ends in `_now`).
+    /// Default: none; the host counts requests, notifications and
+    /// EVENT_USED for every device itself.
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
+/// One queue as `vmsgctl status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueReport {
+    /// Queue index.
+    pub index: u16,
+    /// Largest size the device offers.
+    pub max_size: u16,
+    /// Size the driver configured (0: not configured).
+    pub size: u32,
+    /// Enabled by the driver (SET_VQUEUE).
+    pub enabled: bool,
+    /// Being served (enabled, DRIVER_OK, not reset).
+    pub live: bool,
+    /// Next available entry the device will take (live queues).
+    pub next_avail: u16,
+    /// Next used entry the device will write (live queues).
+    pub next_used: u16,
+}
+
+/// One device as `vmsgctl status`/`stats` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceReport {
+    /// Device number.
+    pub dev_num: u16,
+    /// The model's name.
+    pub name: String,
+    /// Virtio device type.
+    pub device_type: u32,
+    /// Device status (0 when no bus is attached).
+    pub status: u32,
+    /// Feature bits offered.
+    pub offered: u64,
+    /// Feature bits the driver selected (once FEATURES_OK was accepted).
+    pub negotiated: u64,
+    /// Queues.
+    pub queues: Vec<QueueReport>,
+    /// The host's counters.
+    pub counters: DeviceCounters,
+    /// The model's counters ([`VirtioDevice::stats`]).
+    pub model: Vec<(&'static str, u64)>,
 }
 
 /// Transport-level feature bits the host implements for every device.
@@ -351,6 +421,44 @@ impl DeviceHost {
     /// Transport status, 0 when no bus is attached.
     pub fn status(&self) -> u32 {
         self.transport.as_ref().map_or(0, DeviceTransport::status)
+    }
+
+    /// The device as `vmsgctl status`/`stats` show it.
+    pub fn report(&self) -> DeviceReport {
+        let transport = self.transport.as_ref();
+        let status = transport.map_or(0, DeviceTransport::status);
+        let negotiated = match transport {
+            Some(t) if status & vmsg_proto::status::FEATURES_OK != 0 => {
+                words_to_u64(t.driver_features())
+            }
+            _ => 0,
+        };
+        let queues = (0..self.model.queues.len())
+            .map(|i| {
+                let cfg = transport.and_then(|t| t.queue(i as u32));
+                let live = self.model.queues.get(i).and_then(Option::as_ref);
+                QueueReport {
+                    index: i as u16,
+                    max_size: self.model.queue_max_size(i as u32) as u16,
+                    size: cfg.map_or(0, |c| c.size),
+                    enabled: cfg.is_some_and(|c| c.enabled),
+                    live: live.is_some(),
+                    next_avail: live.map_or(0, |q| q.next_avail()),
+                    next_used: live.map_or(0, |q| q.next_used()),
+                }
+            })
+            .collect();
+        DeviceReport {
+            dev_num: self.dev_num,
+            name: self.model.dev.name().to_string(),
+            device_type: self.model.dev.device_type(),
+            status,
+            offered: words_to_u64(&self.model.offered),
+            negotiated,
+            queues,
+            counters: self.counters,
+            model: self.model.dev.stats(),
+        }
     }
 
     /// Attach to a (new) bus connection: the device starts from reset with

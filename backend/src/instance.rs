@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -19,7 +19,7 @@ use vmsg_proto::{Codec, CodecError, DecodeError, Profile};
 use vmsg_transport::bus::{DeviceSet, answer_bus_request, event_device};
 
 use crate::bus::{Bus, BusCounters, BusError};
-use crate::device::{DeviceCounters, DeviceHost, VirtioDevice};
+use crate::device::{DeviceCounters, DeviceHost, DeviceReport, VirtioDevice};
 use crate::hotplug::{Change, DeviceControl, HotplugError, HotplugQueue, Request};
 use crate::rate_limited;
 use crate::ratelog::LogLimiter;
@@ -88,6 +88,93 @@ pub struct InstanceStats {
     pub devices: BTreeMap<u16, DeviceCounters>,
     /// The current bus connection's counters.
     pub bus: BusCounters,
+}
+
+/// A guest as `vmsgctl status` and `vmsgctl stats` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceReport {
+    /// The guest's name.
+    pub name: String,
+    /// Whether a driver is connected (a bus is being served).
+    pub connected: bool,
+    /// The wire profile.
+    pub profile: Profile,
+    /// The bus maximum message size of the connection (0 when none).
+    pub max_msg_size: usize,
+    /// Connections served so far.
+    pub connections: u64,
+    /// Frames received (decoded or not), all connections.
+    pub frames: u64,
+    /// Drops by reason, all connections.
+    pub drops: DropCounters,
+    /// The bus counters of the current (or last) connection.
+    pub bus: BusCounters,
+    /// Counters of this kind of bus ([`Bus::extra_counters`]).
+    pub bus_extra: Vec<(&'static str, u64)>,
+    /// Log lines of this guest suppressed by its rate limit.
+    pub log_suppressed: u64,
+    /// The devices.
+    pub devices: Vec<DeviceReport>,
+}
+
+/// What an [`Inspector`] and its instance share.
+#[derive(Debug)]
+struct InspectShared {
+    state: Mutex<InspectState>,
+    answered: Condvar,
+    /// Wakes a serving instance to answer.
+    wake: EventFd,
+}
+
+#[derive(Debug, Default)]
+struct InspectState {
+    /// Between connections the instance does not poll: `offline` answers.
+    serving: bool,
+    offline: Option<InstanceReport>,
+    asked: u64,
+    answered: u64,
+    answer: Option<InstanceReport>,
+}
+
+/// Asks a running instance for its [`InstanceReport`] from another thread
+/// (the control socket's). While a driver is connected the instance builds
+/// the report in its own loop when asked (so it is exact, and nothing runs
+/// while nobody asks); between connections the report of the last one is
+/// returned directly.
+#[derive(Clone, Debug)]
+pub struct Inspector(Arc<InspectShared>);
+
+impl Inspector {
+    /// The instance's report, or `None` if it did not answer within
+    /// `timeout` (it is busy with one bounded slice of work at most, so
+    /// this only happens if it is stuck).
+    pub fn report(&self, timeout: Duration) -> Option<InstanceReport> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.serving {
+            return st.offline.clone();
+        }
+        st.asked += 1;
+        let ticket = st.asked;
+        // Writing can only fail if the counter would overflow: then the
+        // instance has a wake-up pending anyway.
+        let _ = self.0.wake.write(1);
+        loop {
+            if st.answered >= ticket {
+                return st.answer.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = self
+                .0
+                .answered
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 /// Signals an instance (or any loop of the daemon) to stop; cloneable and
@@ -182,12 +269,16 @@ pub struct GuestInstance {
     /// The guest's connects, disconnects and errors are logged through
     /// this (a hostile guest must not flood the log).
     log_limit: LogLimiter,
+    inspect: Arc<InspectShared>,
+    connections: u64,
+    bus_extra: Vec<(&'static str, u64)>,
 }
 
 const EV_DOORBELL: u64 = 1;
 const EV_CONTROL: u64 = 2;
 const EV_STOP: u64 = 3;
 const EV_HOTPLUG: u64 = 4;
+const EV_INSPECT: u64 = 5;
 /// Device fds use `EV_DEVICE_BASE + dev_num`.
 const EV_DEVICE_BASE: u64 = 1 << 32;
 /// Most frames one drain of the bus handles before the instance looks at its
@@ -227,7 +318,7 @@ impl GuestInstance {
                 return Err(InstanceError::DuplicateDevNum(dev_num));
             }
         }
-        Ok(Self {
+        let instance = Self {
             name: name.into(),
             options,
             devices: table,
@@ -236,7 +327,56 @@ impl GuestInstance {
             bus_counters: BusCounters::default(),
             hotplug: HotplugQueue::new()?,
             log_limit: LogLimiter::default(),
-        })
+            inspect: Arc::new(InspectShared {
+                state: Mutex::new(InspectState::default()),
+                answered: Condvar::new(),
+                wake: EventFd::new(EFD_NONBLOCK).map_err(os("eventfd"))?,
+            }),
+            connections: 0,
+            bus_extra: Vec::new(),
+        };
+        // Until the first connection, inspectors get the idle report.
+        let offline = instance.report(None);
+        instance.inspect_state().offline = Some(offline);
+        Ok(instance)
+    }
+
+    /// A handle other threads use to ask for this instance's report.
+    pub fn inspector(&self) -> Inspector {
+        Inspector(self.inspect.clone())
+    }
+
+    fn inspect_state(&self) -> std::sync::MutexGuard<'_, InspectState> {
+        self.inspect.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The guest as it is now; `bus` is the connection being served.
+    pub fn report(&self, bus: Option<&dyn Bus>) -> InstanceReport {
+        InstanceReport {
+            name: self.name.clone(),
+            connected: bus.is_some(),
+            profile: self.options.profile,
+            max_msg_size: bus.map_or(0, |b| b.max_msg_size()),
+            connections: self.connections,
+            frames: self.frames,
+            drops: self.drops,
+            bus: bus.map_or(self.bus_counters, |b| b.counters()),
+            bus_extra: bus.map_or_else(|| self.bus_extra.clone(), |b| b.extra_counters()),
+            log_suppressed: self.log_limit.suppressed(),
+            devices: self.devices.values().map(DeviceHost::report).collect(),
+        }
+    }
+
+    /// Answer the inspectors waiting (from the event loop).
+    fn answer_inspectors(&mut self, bus: &dyn Bus) {
+        // Consume the wake-up; several questions share one answer.
+        let _ = self.inspect.wake.read();
+        let report = self.report(Some(bus));
+        let mut st = self.inspect_state();
+        st.answer = Some(report);
+        st.answered = st.asked;
+        drop(st);
+        self.inspect.answered.notify_all();
     }
 
     /// A handle other threads use to add and remove this guest's devices
@@ -278,6 +418,8 @@ impl GuestInstance {
         stop: &StopSignal,
     ) -> Result<ServeEnd, InstanceError> {
         let codec = self.attach(bus)?;
+        self.connections += 1;
+        self.inspect_state().serving = true;
         bus.devices_changed(&self.device_numbers());
         rate_limited!(
             self.log_limit,
@@ -297,6 +439,17 @@ impl GuestInstance {
         };
         self.detach();
         self.bus_counters = bus.counters();
+        self.bus_extra = bus.extra_counters();
+        // Inspectors get the last connection's report from now on, and
+        // those waiting get it too.
+        let offline = self.report(None);
+        let mut st = self.inspect_state();
+        st.serving = false;
+        st.answer = Some(offline.clone());
+        st.offline = Some(offline);
+        st.answered = st.asked;
+        drop(st);
+        self.inspect.answered.notify_all();
         let stats = self.stats();
         rate_limited!(
             self.log_limit,
@@ -351,6 +504,7 @@ impl GuestInstance {
         }
         add(stop.as_raw_fd(), EV_STOP)?;
         add(self.hotplug.wake_fd(), EV_HOTPLUG)?;
+        add(self.inspect.wake.as_raw_fd(), EV_INSPECT)?;
         for (&dev_num, dev) in &self.devices {
             for fd in dev.event_fds() {
                 add(fd, EV_DEVICE_BASE + u64::from(dev_num))?;
@@ -446,6 +600,7 @@ impl GuestInstance {
                         self.device_event(dev_num, bus)?;
                     }
                     EV_HOTPLUG => self.apply_changes(codec, bus, &epoll)?,
+                    EV_INSPECT => self.answer_inspectors(&*bus),
                     EV_CONTROL => match bus.handle_control() {
                         Ok(()) => {}
                         Err(BusError::Disconnected) => return Ok(ServeEnd::Disconnected),

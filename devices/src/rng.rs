@@ -318,7 +318,7 @@ impl VirtioDevice for RngDevice {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, DeviceError> {
-        self.process_queue_bounded(index, queue, mem, &mut PassBudget::new())
+        self.process_queue_bounded(index, queue, mem, &mut PassBudget::untimed())
     }
 
     fn process_queue_bounded(
@@ -425,6 +425,10 @@ impl VirtioDevice for RngDevice {
 
     fn next_deadline(&self) -> Option<Instant> {
         self.starved
+    }
+
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        vec![("bytes_served", self.bytes_served)]
     }
 }
 
@@ -713,7 +717,7 @@ mod tests {
         assert_eq!(total, 2 * MAX_REQUEST_BYTES);
 
         // A default pass: the host's bounds.
-        let mut budget = PassBudget::new();
+        let mut budget = PassBudget::untimed();
         dev.process_queue_bounded(0, &mut q, &mem, &mut budget)
             .expect("process");
         let total: u64 = ring.used().iter().map(|&(_, len)| u64::from(len)).sum();

@@ -323,6 +323,16 @@ impl Bus for LinuxUserBus {
         Err(BusError::Disconnected)
     }
 
+    fn extra_counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("acks", s.acks),
+            ("unanswered", s.unanswered),
+            ("refused", s.refused),
+            ("unexpected", s.unexpected),
+        ]
+    }
+
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, BusError> {
         let (frame, len) = match self.rx.try_recv() {
             Ok(f) => f,

@@ -5,6 +5,7 @@
 //! not use the driver side (`vmsg-driver`); only the binary's demo does.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod devices;
 pub mod error;

@@ -364,6 +364,7 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_sendto,
     libc::SYS_shutdown,
     libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
     libc::SYS_getsockname,
     libc::SYS_getpeername,
     libc::SYS_connect,

@@ -35,7 +35,9 @@ use log::{debug, error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use thiserror::Error;
 use vmsg_backend::hotplug::DeviceControl;
-use vmsg_backend::instance::{GuestInstance, InstanceError, InstanceOptions, StopSignal};
+use vmsg_backend::instance::{
+    GuestInstance, Inspector, InstanceError, InstanceOptions, StopSignal,
+};
 use vmsg_xen::bus::{
     BackendConfig, BackendPlatform, MemoryConfig, RunEnd, XenBackend, XenBusError, XenHost,
     XenPlatform,
@@ -307,6 +309,18 @@ pub fn serve_with_control<P: BackendPlatform + Clone>(
     stop: &StopSignal,
     control: impl FnOnce(DeviceControl),
 ) -> Result<RunEnd, XenError> {
+    serve_with_handles(platform, domid, guest, stop, |c, _| control(c))
+}
+
+/// [`serve_with_control`], also handing over the instance's [`Inspector`]
+/// (the control socket's status and counters).
+pub fn serve_with_handles<P: BackendPlatform + Clone>(
+    platform: P,
+    domid: DomId,
+    guest: &GuestConfig,
+    stop: &StopSignal,
+    handles: impl FnOnce(DeviceControl, Inspector),
+) -> Result<RunEnd, XenError> {
     let (cfg, opts) = backend_config(guest)?;
     let devices = build_devices(guest)?;
     let mut instance = GuestInstance::new(guest.name.clone(), opts, devices).map_err(|source| {
@@ -315,7 +329,7 @@ pub fn serve_with_control<P: BackendPlatform + Clone>(
             source,
         }
     })?;
-    control(instance.device_control());
+    handles(instance.device_control(), instance.inspector());
     let bus = |source| XenError::Bus { domid, source };
     let mut backend = XenBackend::provision(platform.clone(), domid, cfg).map_err(bus)?;
     info!(

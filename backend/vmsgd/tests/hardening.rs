@@ -288,3 +288,75 @@ fn the_daemon_runs_filtered_and_without_privileges() {
     drop(drv);
     assert!(d.terminate().success());
 }
+
+/// Operations: `vmsgctl status`/`stats` against a real daemon process,
+/// through its control socket (root-only), live while a driver is
+/// connected and as of the last connection afterwards.
+#[test]
+fn status_and_stats_through_the_control_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let config = format!("[daemon]\ncontrol_socket = \"{{dir}}/control.sock\"\n{RNG_GUEST}");
+    let mut d = DaemonProcess::start(&config, &[]);
+    let control = d.path("control.sock");
+    let mode = std::fs::metadata(&control)
+        .expect("control socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let doc = vmsgd::control::query(&control).expect("report");
+    let g = &doc["guests"][0];
+    assert_eq!(g["name"], "g");
+    assert_eq!(g["connected"], false);
+    assert_eq!(g["devices"][0]["device_type"], 4);
+
+    let drv = common::driver(&d.path("g.sock"));
+    let mut rng = vmsg_driver::rng::Rng::open(drv, 0).expect("rng");
+    let bytes = rng.read(1000).expect("entropy");
+    assert_eq!(bytes.len(), 1000);
+    let doc = vmsgd::control::query(&control).expect("report");
+    let g = &doc["guests"][0];
+    assert_eq!(g["connected"], true, "{doc}");
+    assert_eq!(g["profile"], "v2");
+    let dev = &g["devices"][0];
+    assert_eq!(
+        dev["status"], 15,
+        "ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK: {dev}"
+    );
+    assert_ne!(dev["features_negotiated"], 0, "{dev}");
+    assert_eq!(dev["queues"][0]["live"], true, "{dev}");
+    assert!(
+        dev["model"]["bytes_served"].as_u64().expect("bytes") >= 1000,
+        "{dev}"
+    );
+    assert!(
+        dev["counters"]["requests"].as_u64().expect("requests") > 0,
+        "{dev}"
+    );
+    assert!(g["frames"].as_u64().expect("frames") > 0);
+    assert!(g["bus"]["frames_in"].as_u64().expect("frames_in") > 0);
+    let text = vmsgd::control::format_status(&doc);
+    assert!(text.contains("guest g: connected"), "{text}");
+    assert!(text.contains("queue 0: live"), "{text}");
+    let prom = vmsgd::control::format_prometheus(&doc);
+    assert!(
+        prom.contains("vmsgd_guest_connected{guest=\"g\"} 1"),
+        "{prom}"
+    );
+    assert!(prom.contains("counter=\"bytes_served\""), "{prom}");
+
+    drop(rng);
+    d.wait_for_log("driver disconnected", STARTUP);
+    let doc = vmsgd::control::query(&control).expect("report");
+    let g = &doc["guests"][0];
+    assert_eq!(g["connected"], false);
+    assert_eq!(g["connections"], 1);
+    assert!(
+        g["devices"][0]["model"]["bytes_served"]
+            .as_u64()
+            .expect("bytes")
+            >= 1000
+    );
+    assert!(d.terminate().success());
+    assert!(!control.exists(), "the control socket is removed at exit");
+}

@@ -744,7 +744,7 @@ impl VirtioDevice for BlkDevice {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, DeviceError> {
-        self.process_queue_bounded(index, queue, mem, &mut PassBudget::new())
+        self.process_queue_bounded(index, queue, mem, &mut PassBudget::untimed())
     }
 
     fn process_queue_bounded(
@@ -808,6 +808,24 @@ impl VirtioDevice for BlkDevice {
 
     fn event_fds(&self) -> Vec<RawFd> {
         self.engine.event_fd().into_iter().collect()
+    }
+
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            ("reads", s.reads),
+            ("writes", s.writes),
+            ("flushes", s.flushes),
+            ("discards", s.discards),
+            ("write_zeroes", s.write_zeroes),
+            ("get_ids", s.get_ids),
+            ("bytes_read", s.bytes_read),
+            ("bytes_written", s.bytes_written),
+            ("io_errors", s.io_errors),
+            ("rejected", s.rejected),
+            ("unanswerable", s.unanswerable),
+            ("in_flight_now", self.in_flight() as u64),
+        ]
     }
 
     fn handle_event(

@@ -1318,8 +1318,18 @@ fn run_all(dev: &mut BlkDevice, mem: &GuestMemoryMmap, reqs: &[Vec<Buf>]) -> Vec
     dev.process_queue(0, queue_mut(&mut queues, 0), mem)
         .expect("process");
     let mut used = drv.used();
+    // A pass is bounded (chains, bytes, time): a synchronous engine may
+    // need more than one, as the host would run them.
+    let mut passes = 1;
     while used.len() < reqs.len() {
-        on_event(dev, &mut queues, mem);
+        if dev.event_fds().is_empty() {
+            assert!(passes < 1000, "no progress after {passes} passes");
+            passes += 1;
+            dev.process_queue(0, queue_mut(&mut queues, 0), mem)
+                .expect("process");
+        } else {
+            on_event(dev, &mut queues, mem);
+        }
         used.extend(drv.used());
     }
     used.sort_unstable();
@@ -1763,7 +1773,7 @@ fn a_pass_starts_at_most_its_budget() {
     dev.process_queue_bounded(0, &mut q, &mem, &mut budget)
         .expect("process");
     assert_eq!(drv.used().len(), 1);
-    let mut budget = PassBudget::new();
+    let mut budget = PassBudget::untimed();
     dev.process_queue_bounded(0, &mut q, &mem, &mut budget)
         .expect("process");
     assert_eq!(drv.used().len(), usize::from(per_request) - 3);

@@ -1051,6 +1051,33 @@ impl<P: BackendPlatform> Bus for XenBus<'_, P> {
             .map_or_else(|| Arc::new(Default::default()), |c| c.memory.clone())
     }
 
+    fn extra_counters(&self) -> Vec<(&'static str, u64)> {
+        // This connection's grant cache plus the earlier connections'.
+        let current = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.cache.as_ref())
+            .map(GrantCache::stats)
+            .unwrap_or_default();
+        let (connects, failed, disconnects) = (
+            self.backend.stats.connects.load(Ordering::Relaxed),
+            self.backend.stats.failed_connects.load(Ordering::Relaxed),
+            self.backend.stats.disconnects.load(Ordering::Relaxed),
+        );
+        let past = self.backend.stats.rest().1;
+        vec![
+            ("grant_map_ops", past.map_ops + current.map_ops),
+            ("grants_mapped", past.grants_mapped + current.grants_mapped),
+            ("grant_cache_hits", past.hits + current.hits),
+            ("grant_cache_misses", past.misses + current.misses),
+            ("grants_refused", past.refused + current.refused),
+            ("grants_unmapped", past.unmapped + current.unmapped),
+            ("connects", connects),
+            ("refused_connects", failed),
+            ("disconnects", disconnects),
+        ]
+    }
+
     fn counters(&self) -> BusCounters {
         let dropped = self.conn.as_ref().map_or(0, |c| c.consumer.dropped());
         BusCounters {

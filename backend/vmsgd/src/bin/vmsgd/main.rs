@@ -204,6 +204,25 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The control socket, bound now (root's, mode 0600).
+    let _control = match &cfg.daemon.control_socket {
+        None => None,
+        Some(path) => match vmsgd::control::ControlServer::start(
+            path,
+            std::sync::Arc::new(std::sync::Mutex::new(daemon.inspectors())),
+            stop.clone(),
+        ) {
+            Ok(c) => {
+                info!("control socket {}", path.display());
+                Some(c)
+            }
+            Err(e) => {
+                error!("{e}");
+                let _ = daemon.shutdown();
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     // Everything that needs root is open (sockets bound, devices and
     // images opened): drop what is left of it and filter system calls.
     let sockets: Vec<PathBuf> = cfg
@@ -364,6 +383,21 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The control socket, bound before the filter (which allows no bind);
+    // the guest is added once its instance exists.
+    let guests = vmsgd::control::GuestSet::default();
+    let _control = match &cfg.daemon.control_socket {
+        None => None,
+        Some(path) => {
+            match vmsgd::control::ControlServer::start(path, guests.clone(), stop.clone()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
     // The backend opens the Xen device nodes (root's) for every
     // connection: it stays uid 0, without capabilities (docs/security.md;
     // load_domain refuses user/group in a domain file).
@@ -377,10 +411,13 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
     let platform = xen::RestrictedHost {
         domid: domain.domid,
     };
-    let publish = |c: DeviceControl| {
+    let publish = |c: DeviceControl, i: vmsg_backend::instance::Inspector| {
         let _ = control.set(c);
+        if let Ok(mut list) = guests.lock() {
+            list.push((domain.name.clone(), i));
+        }
     };
-    match xen::serve_with_control(platform, domain.domid, &guest, &stop, publish) {
+    match xen::serve_with_handles(platform, domain.domid, &guest, &stop, publish) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
