@@ -9,12 +9,16 @@
 //! `blk`: virtio-blk I/O through the whole stack against the same I/O issued
 //! directly on the same image file (see [`blk`]).
 //!
+//! `scale`: what N guests cost a daemon process (RSS, threads, fds, idle
+//! CPU and wake-ups) against the same daemon with one guest (`scale.rs`).
+//!
 //! `xen`: the Xen bus (fake hypervisor) against the local bus: PING round
 //! trip, virtio-blk random reads, grant cache hit rate (`xen.rs`). It links
 //! vmsg-xen's fake hypervisor and domU frontend, so it is built only with the
 //! feature `xen-bench` (and for the tests).
 
 mod blk;
+pub(crate) mod scale;
 #[cfg(any(test, feature = "xen-bench"))]
 mod xen;
 
@@ -46,6 +50,10 @@ pub enum BenchCommand {
     /// run: PING round trip, virtio-blk 4 KiB random-read IOPS at QD1 and
     /// QD16, grant cache hit rate.
     Xen(XenArgs),
+    /// What N guests cost a vmsgd process: RSS, threads and fds with N idle
+    /// and N connected guests, CPU and wake-ups over an idle window, against
+    /// the same daemon with one guest.
+    Scale(scale::ScaleArgs),
 }
 
 /// Run a benchmark.
@@ -54,6 +62,7 @@ pub fn run(which: &BenchCommand) -> Result<ExitCode, AnyError> {
         BenchCommand::Rtt { iters } => rtt(*iters),
         BenchCommand::Blk(args) => blk::run(args),
         BenchCommand::Xen(args) => xen_bench(args),
+        BenchCommand::Scale(args) => scale::run(args),
     }
 }
 
