@@ -393,8 +393,14 @@ const COMMON_ARCH: &[libc::c_long] = &[
 const COMMON_ARCH: &[libc::c_long] = &[];
 
 /// What supervising processes adds: starting (`vmsgd run`), signalling and
-/// reaping them, SIGCHLD through a signalfd.
+/// reaping them, SIGCHLD through a signalfd; and what a started `vmsgd run`
+/// needs to confine itself further under this filter (reading and clearing
+/// capabilities it no longer has, adding its own filter: none of it can
+/// gain anything).
 const SUPERVISE: &[libc::c_long] = &[
+    libc::SYS_capget,
+    libc::SYS_capset,
+    libc::SYS_seccomp,
     libc::SYS_execve,
     libc::SYS_wait4,
     libc::SYS_waitid,
@@ -454,14 +460,25 @@ pub fn filter_program(role: Role, mode: SeccompMode) -> Result<BpfProgram, Sandb
         libc::SYS_socket,
         vec![rule(vec![arg_eq(0, libc::AF_UNIX as u64)?])?],
     );
-    // Thread names (std names every thread); nothing else of prctl.
-    rules.insert(
-        libc::SYS_prctl,
-        vec![
-            rule(vec![arg_eq(0, libc::PR_SET_NAME as u64)?])?,
-            rule(vec![arg_eq(0, libc::PR_GET_NAME as u64)?])?,
-        ],
-    );
+    // Thread names (std names every thread); under the supervisor also
+    // what a started backend's own confinement asks (dropping, never
+    // raising, privileges).
+    let mut prctl_ops = vec![libc::PR_SET_NAME, libc::PR_GET_NAME];
+    if role == Role::Watch {
+        prctl_ops.extend([
+            libc::PR_SET_NO_NEW_PRIVS,
+            libc::PR_GET_NO_NEW_PRIVS,
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAPBSET_READ,
+            libc::PR_CAPBSET_DROP,
+            libc::PR_SET_KEEPCAPS,
+        ]);
+    }
+    let prctl = prctl_ops
+        .into_iter()
+        .map(|op| rule(vec![arg_eq(0, op as u64)?]))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_prctl, prctl);
     let mismatch = match mode {
         SeccompMode::Log => SeccompAction::Log,
         _ => SeccompAction::KillProcess,
@@ -536,6 +553,13 @@ mod tests {
         let mode = match std::env::var(CHILD).as_deref() {
             Ok("kill") => SeccompMode::Kill,
             Ok("log") => SeccompMode::Log,
+            Ok("watch-then-domain") => {
+                // `vmsgd watch` confined, then a `vmsgd run` it started
+                // confining itself under the inherited filter.
+                confine(Role::Watch, None, None, SeccompMode::Kill, &[]).expect("watch");
+                confine(Role::Domain, None, None, SeccompMode::Kill, &[]).expect("domain");
+                return;
+            }
             _ => return,
         };
         install_filter(Role::Daemon, mode).expect("filter");
@@ -569,6 +593,15 @@ mod tests {
         assert_eq!(killed.signal(), Some(libc::SIGSYS), "{killed}");
         let logged = run_child("log");
         assert!(logged.success(), "{logged}");
+    }
+
+    /// A backend started by the supervisor confines itself under the
+    /// supervisor's filter (found on real Xen: it was killed by SIGSYS at
+    /// its first capget).
+    #[test]
+    fn a_backend_confines_itself_under_the_supervisors_filter() {
+        let status = run_child("watch-then-domain");
+        assert!(status.success(), "{status}");
     }
 
     #[test]
