@@ -387,7 +387,14 @@ fn handshake_rejects_memory_the_driver_did_not_allocate() {
 fn ram_freed_after_the_handshake_ends_the_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = sock_path(&dir);
-    let l = listen(&path, LocalServerOptions::default());
+    // At every doorbell (the default is at most every millisecond).
+    let l = listen(
+        &path,
+        LocalServerOptions {
+            memory_check_interval: Duration::ZERO,
+            ..LocalServerOptions::default()
+        },
+    );
     let server = serve_one(&l);
     let o = small_client();
     let p = Parts::new(&o);
