@@ -753,6 +753,24 @@ fn check_socket_path(
     if !host_checks {
         return;
     }
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(socket) {
+        // A socket is there: a stale one (replaced at start) or the running
+        // daemon's own (a reload, perhaps after the privilege drop, when the
+        // directory is no longer writable by us).
+        Ok(md) if md.file_type().is_socket() => return,
+        Ok(_) => {
+            errors.push(err(
+                format!(
+                    "{} exists and is not a socket (vmsgd never removes it)",
+                    socket.display()
+                ),
+                "remove or rename that file, or choose another socket path".into(),
+            ));
+            return;
+        }
+        Err(_) => {}
+    }
     let dir = match socket.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -766,14 +784,12 @@ fn check_socket_path(
                     dir.display()
                 ),
             ));
-            return;
         }
         Err(e) => {
             errors.push(err(
                 format!("cannot access the socket directory {}: {e}", dir.display()),
                 "check the permissions of the directories leading to it".into(),
             ));
-            return;
         }
         Ok(md) if !md.is_dir() => {
             errors.push(err(
@@ -783,34 +799,21 @@ fn check_socket_path(
                 ),
                 "point socket into a directory".into(),
             ));
-            return;
         }
-        Ok(_) => {}
-    }
-    if let Err(e) = nix::unistd::access(
-        dir,
-        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-    ) {
-        errors.push(err(
-            format!(
-                "the socket directory {} is not writable here ({e})",
-                dir.display()
-            ),
-            "run vmsgd as a user that may create files there, or give that user write access"
-                .into(),
-        ));
-        return;
-    }
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(md) = std::fs::symlink_metadata(socket) {
-        if !md.file_type().is_socket() {
-            errors.push(err(
-                format!(
-                    "{} exists and is not a socket (vmsgd never removes it)",
-                    socket.display()
-                ),
-                "remove or rename that file, or choose another socket path".into(),
-            ));
+        Ok(_) => {
+            if let Err(e) = nix::unistd::access(
+                dir,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            ) {
+                errors.push(err(
+                    format!(
+                        "the socket directory {} is not writable here ({e})",
+                        dir.display()
+                    ),
+                    "run vmsgd as a user that may create files there, or give that user write access"
+                        .into(),
+                ));
+            }
         }
     }
 }

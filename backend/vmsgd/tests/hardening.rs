@@ -286,6 +286,28 @@ fn the_daemon_runs_filtered_and_without_privileges() {
     let mut drv = common::driver(&d.path("g.sock"));
     assert_eq!(drv.get_device_status(0).expect("status"), 0);
     drop(drv);
+    // A reload still works as that user (the file readable by it, as
+    // /etc/vmsgd's is): the socket's directory is root's now, which the
+    // check accepts since the daemon's own socket is there.
+    use std::os::unix::fs::PermissionsExt;
+    let readable = |p: &Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    readable(d.dir.path(), 0o755);
+    let cfg = d.path("vmsgd.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(
+        &cfg,
+        format!("{text}[[guest.device]]\nkind = \"rng\"\ndev_num = 1\n"),
+    )
+    .expect("add a device");
+    readable(&cfg, 0o644);
+    d.hangup();
+    d.wait_for_log("adds [1]", STARTUP);
+    // Queued while no driver is connected: the next connection has it.
+    let mut drv = common::driver(&d.path("g.sock"));
+    assert_eq!(drv.discover().expect("GET_DEVICES"), vec![0, 1]);
+    drop(drv);
     assert!(d.terminate().success());
 }
 
