@@ -29,6 +29,11 @@ pub enum BusError {
     /// or broken, the bus instance cannot continue.
     #[error("shared ring corrupt: {0}")]
     RingCorrupt(&'static str),
+    /// The peer took back memory it shared (e.g. freed pages of its RAM):
+    /// touching it would make the device side allocate it. The bus instance
+    /// cannot continue.
+    #[error("shared memory revoked: {0}")]
+    MemoryRevoked(String),
     /// An OS call failed.
     #[error("{op}: {source}")]
     Os {
@@ -102,4 +107,11 @@ pub trait Bus: Send {
 
     /// What the bus dropped or carried so far.
     fn counters(&self) -> BusCounters;
+
+    /// Counters only this kind of bus keeps (e.g. the Xen bus's grant cache
+    /// hits and maps), as (name, value) for `vmsgctl stats`: names are
+    /// `snake_case`, values only grow. Default: none.
+    fn extra_counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

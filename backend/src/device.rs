@@ -7,9 +7,9 @@
 //! notification suppression (EVENT_IDX) honoured.
 
 use std::os::fd::RawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::debug;
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
@@ -19,6 +19,8 @@ use vmsg_transport::device::{
 };
 
 use crate::memory::{GuestMemory, GuestMemoryHandle};
+use crate::rate_limited;
+use crate::ratelog::LogLimiter;
 
 /// Errors a device model reports from queue processing.
 #[derive(Debug, Error)]
@@ -37,6 +39,102 @@ pub enum DeviceError {
 pub struct QueueOutcome {
     /// Used entries were added: the driver may need an EVENT_USED.
     pub used_added: bool,
+}
+
+/// How much one pass over a queue may do before the instance looks at its
+/// other work again (the bus, the stop signal, the control socket, the
+/// guest's other queues and devices).
+///
+/// A guest decides how many buffers it posts and how large they are: without
+/// a bound, one pass over a ring full of huge requests keeps the guest's
+/// thread busy for as long as the guest likes, and SIGTERM waits. The host
+/// runs every queue one pass at a time ([`VirtioDevice::process_queue`]); a
+/// pass that made progress and left buffers on the ring is run again after
+/// the instance has polled its fds. A model bounds each pass with this
+/// budget ([`VirtioDevice::process_queue_bounded`]): it starts a chain only
+/// if [`PassBudget::take_chain`] agrees and reports the bytes it moved with
+/// [`PassBudget::spend`]; once the budget is spent it returns, leaving the
+/// rest on the ring.
+#[derive(Clone, Debug)]
+pub struct PassBudget {
+    chains: u32,
+    bytes: u64,
+    deadline: Option<Instant>,
+    /// No chain taken yet: the first is always allowed.
+    fresh: bool,
+}
+
+impl PassBudget {
+    /// Chains one pass may start.
+    pub const MAX_CHAINS: u32 = 64;
+    /// Bytes one pass may move to or from guest memory (or the disk).
+    pub const MAX_BYTES: u64 = 4 << 20;
+    /// Time after which a pass starts no further chain (checked between
+    /// chains).
+    pub const MAX_TIME: Duration = Duration::from_millis(5);
+
+    /// A fresh budget for one pass, starting now.
+    pub fn new() -> Self {
+        Self::with_limits(Self::MAX_CHAINS, Self::MAX_BYTES, Self::MAX_TIME)
+    }
+
+    /// A budget of `chains` chains, `bytes` bytes and `time` from now.
+    pub fn with_limits(chains: u32, bytes: u64, time: Duration) -> Self {
+        Self {
+            chains,
+            bytes,
+            deadline: Instant::now().checked_add(time),
+            fresh: true,
+        }
+    }
+
+    /// The chain and byte bounds without the time bound: deterministic,
+    /// for a model's own `process_queue` (tests drive models directly).
+    pub fn untimed() -> Self {
+        Self {
+            chains: Self::MAX_CHAINS,
+            bytes: Self::MAX_BYTES,
+            deadline: None,
+            fresh: true,
+        }
+    }
+
+    /// Whether another chain may be started; if so, counts it. The first
+    /// chain of a fresh budget is always allowed (however long the thread
+    /// waited to run), so every pass progresses.
+    pub fn take_chain(&mut self) -> bool {
+        let fresh = std::mem::take(&mut self.fresh);
+        if self.chains == 0 || self.bytes == 0 || (!fresh && self.timed_out()) {
+            return false;
+        }
+        self.chains -= 1;
+        true
+    }
+
+    fn timed_out(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Count `bytes` moved.
+    pub fn spend(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Bytes still allowed in this pass.
+    pub fn bytes_left(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether nothing more may be started.
+    pub fn is_spent(&self) -> bool {
+        self.chains == 0 || self.bytes == 0 || (!self.fresh && self.timed_out())
+    }
+}
+
+impl Default for PassBudget {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A virtio device model (rng, blk, net, i2c).
@@ -71,7 +169,14 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, _features: u64) -> Result<(), DeviceError> {
         Ok(())
     }
-    /// Process available buffers of queue `index`.
+    /// One pass over the available buffers of queue `index`.
+    ///
+    /// The host calls this once per pass: after a pass that consumed
+    /// buffers and left some on the ring, it runs the next pass only after
+    /// the instance has looked at its fds (stop, the bus, other queues). A
+    /// pass should therefore not take everything a hostile guest posts:
+    /// models that can do much work per buffer implement
+    /// [`VirtioDevice::process_queue_bounded`] and stop at its budget.
     ///
     /// Guarantee for asynchronous models: the memory behind `mem` stays
     /// mapped until [`VirtioDevice::reset`] (or
@@ -83,6 +188,19 @@ pub trait VirtioDevice: Send {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, DeviceError>;
+    /// [`VirtioDevice::process_queue`] within `budget`: what the host
+    /// actually calls. A model that implements it starts chains only while
+    /// [`PassBudget::take_chain`] allows and reports the bytes it moved;
+    /// the default ignores the budget and runs `process_queue`.
+    fn process_queue_bounded(
+        &mut self,
+        index: u16,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        _budget: &mut PassBudget,
+    ) -> Result<QueueOutcome, DeviceError> {
+        self.process_queue(index, queue, mem)
+    }
     /// Return to the initial state (device reset). A model with I/O in
     /// flight must wait for it here: nothing the guest was told is durable
     /// may be lost, and no completion may land in memory after the reset.
@@ -112,6 +230,56 @@ pub trait VirtioDevice: Send {
     fn next_deadline(&self) -> Option<Instant> {
         None
     }
+    /// The model's own counters (bytes moved, requests by kind, errors), as
+    /// (name, value) for `vmsgctl stats` and Prometheus: names are
+    /// `snake_case`, values only grow (a gauge's name ends in `_now`).
+    /// Default: none; the host counts requests, notifications and
+    /// EVENT_USED for every device itself.
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
+/// One queue as `vmsgctl status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueReport {
+    /// Queue index.
+    pub index: u16,
+    /// Largest size the device offers.
+    pub max_size: u16,
+    /// Size the driver configured (0: not configured).
+    pub size: u32,
+    /// Enabled by the driver (SET_VQUEUE).
+    pub enabled: bool,
+    /// Being served (enabled, DRIVER_OK, not reset).
+    pub live: bool,
+    /// Next available entry the device will take (live queues).
+    pub next_avail: u16,
+    /// Next used entry the device will write (live queues).
+    pub next_used: u16,
+}
+
+/// One device as `vmsgctl status`/`stats` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceReport {
+    /// Device number.
+    pub dev_num: u16,
+    /// The model's name.
+    pub name: String,
+    /// Virtio device type.
+    pub device_type: u32,
+    /// Device status (0 when no bus is attached).
+    pub status: u32,
+    /// Feature bits offered.
+    pub offered: u64,
+    /// Feature bits the driver selected (once FEATURES_OK was accepted).
+    pub negotiated: u64,
+    /// Queues.
+    pub queues: Vec<QueueReport>,
+    /// The host's counters.
+    pub counters: DeviceCounters,
+    /// The model's counters ([`VirtioDevice::stats`]).
+    pub model: Vec<(&'static str, u64)>,
 }
 
 /// Transport-level feature bits the host implements for every device.
@@ -194,6 +362,11 @@ pub struct DeviceHost {
     counters: DeviceCounters,
     /// Where EVENT_USED / EVENT_CONFIG are encoded (bus maximum long).
     event_buf: Vec<u8>,
+    /// Queues whose last pass made progress and left buffers on the ring:
+    /// the instance runs another pass once it has polled its fds.
+    runnable: Vec<bool>,
+    /// Device errors a guest provokes are logged through this.
+    log_limit: LogLimiter,
 }
 
 impl std::fmt::Debug for DeviceHost {
@@ -213,6 +386,7 @@ impl DeviceHost {
             & !(1 << feature::NOTIF_CONFIG_DATA)
             & !(1 << feature::NOTIFICATION_DATA);
         let queues = dev.queue_max_sizes().iter().map(|_| None).collect();
+        let runnable = vec![false; dev.queue_max_sizes().len()];
         Self {
             dev_num,
             model: ModelAdapter {
@@ -224,6 +398,8 @@ impl DeviceHost {
             mem: None,
             counters: DeviceCounters::default(),
             event_buf: Vec::new(),
+            runnable,
+            log_limit: LogLimiter::default(),
         }
     }
 
@@ -247,10 +423,49 @@ impl DeviceHost {
         self.transport.as_ref().map_or(0, DeviceTransport::status)
     }
 
+    /// The device as `vmsgctl status`/`stats` show it.
+    pub fn report(&self) -> DeviceReport {
+        let transport = self.transport.as_ref();
+        let status = transport.map_or(0, DeviceTransport::status);
+        let negotiated = match transport {
+            Some(t) if status & vmsg_proto::status::FEATURES_OK != 0 => {
+                words_to_u64(t.driver_features())
+            }
+            _ => 0,
+        };
+        let queues = (0..self.model.queues.len())
+            .map(|i| {
+                let cfg = transport.and_then(|t| t.queue(i as u32));
+                let live = self.model.queues.get(i).and_then(Option::as_ref);
+                QueueReport {
+                    index: i as u16,
+                    max_size: self.model.queue_max_size(i as u32) as u16,
+                    size: cfg.map_or(0, |c| c.size),
+                    enabled: cfg.is_some_and(|c| c.enabled),
+                    live: live.is_some(),
+                    next_avail: live.map_or(0, |q| q.next_avail()),
+                    next_used: live.map_or(0, |q| q.next_used()),
+                }
+            })
+            .collect();
+        DeviceReport {
+            dev_num: self.dev_num,
+            name: self.model.dev.name().to_string(),
+            device_type: self.model.dev.device_type(),
+            status,
+            offered: words_to_u64(&self.model.offered),
+            negotiated,
+            queues,
+            counters: self.counters,
+            model: self.model.dev.stats(),
+        }
+    }
+
     /// Attach to a (new) bus connection: the device starts from reset with
     /// that bus's codec and guest memory.
     pub fn attach(&mut self, codec: Codec, transport_features: u32, mem: GuestMemoryHandle) {
         let _ = self.model.reset();
+        self.runnable.fill(false);
         self.transport = Some(DeviceTransport::new(
             &self.model,
             self.dev_num,
@@ -266,6 +481,7 @@ impl DeviceHost {
     /// Detach from the bus (peer gone): stop everything.
     pub fn detach(&mut self) {
         let _ = self.model.reset();
+        self.runnable.fill(false);
         self.transport = None;
         self.mem = None;
     }
@@ -295,7 +511,9 @@ impl DeviceHost {
     /// handed to `emit`, in order.
     pub fn apply(&mut self, effect: Effect, emit: &mut dyn FnMut(&[u8])) {
         match effect {
-            Effect::None | Effect::Reset => {}
+            Effect::None => {}
+            // The transport reset the model (and with it every queue).
+            Effect::Reset => self.runnable.fill(false),
             Effect::Failed => self.stop_queues(),
             Effect::Activate => {
                 let features = self
@@ -324,6 +542,9 @@ impl DeviceHost {
                 Err(e) => self.fail(&e, emit),
             },
             Effect::QueueReset(index) => {
+                if let Some(r) = self.runnable.get_mut(index as usize) {
+                    *r = false;
+                }
                 if let Some(q) = self.model.queues.get_mut(index as usize) {
                     if q.take().is_some() {
                         self.model.dev.queue_reset(index as u16);
@@ -381,8 +602,13 @@ impl DeviceHost {
         Ok(())
     }
 
-    /// Run the model on queue `index` and send EVENT_USED if the driver wants one.
+    /// Run one pass of the model on queue `index` and send EVENT_USED if
+    /// the driver wants one. A pass that consumed buffers and left more on
+    /// the ring marks the queue runnable ([`DeviceHost::run_pending`]).
     fn process(&mut self, index: u32, emit: &mut dyn FnMut(&[u8])) {
+        if let Some(r) = self.runnable.get_mut(index as usize) {
+            *r = false;
+        }
         let (Some(transport), Some(mem)) = (self.transport.as_ref(), self.mem.clone()) else {
             return;
         };
@@ -392,32 +618,74 @@ impl DeviceHost {
         let Some(Some(queue)) = self.model.queues.get_mut(index as usize) else {
             return;
         };
-        let mut used_added = false;
-        loop {
-            let before = queue.next_avail();
-            match self.model.dev.process_queue(index as u16, queue, &mem) {
-                Ok(outcome) => used_added |= outcome.used_added,
+        let before = queue.next_avail();
+        let mut budget = PassBudget::new();
+        let used_added =
+            match self
+                .model
+                .dev
+                .process_queue_bounded(index as u16, queue, &mem, &mut budget)
+            {
+                Ok(outcome) => outcome.used_added,
                 Err(e) => return self.fail(&e, emit),
-            }
-            // Re-arm driver notifications (with EVENT_IDX: publish
-            // avail_event, without which the driver stops kicking), then
-            // look again for buffers posted meanwhile. Another pass only if
-            // this one consumed something: a model stalled on a rate limit or
-            // its in-flight bound is woken by its deadline or completions.
-            match queue.enable_notification(&*mem) {
-                Ok(true) if queue.next_avail() != before => {}
-                Ok(_) => break,
-                Err(e) => {
-                    let err = DeviceError::QueueCorrupt {
-                        queue: index as u16,
-                        reason: e.to_string(),
-                    };
-                    return self.fail(&err, emit);
+            };
+        // Re-arm driver notifications (with EVENT_IDX: publish avail_event,
+        // without which the driver stops kicking), then look for buffers
+        // still on the ring: posted meanwhile, or left by a pass that spent
+        // its budget. Another pass only if this one consumed something: a
+        // model stalled on a rate limit or its in-flight bound is woken by
+        // its deadline or its completions.
+        match queue.enable_notification(&*mem) {
+            Ok(true) if queue.next_avail() != before => {
+                if let Some(r) = self.runnable.get_mut(index as usize) {
+                    *r = true;
                 }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let err = DeviceError::QueueCorrupt {
+                    queue: index as u16,
+                    reason: e.to_string(),
+                };
+                return self.fail(&err, emit);
             }
         }
         if used_added {
             self.notify_used(index, &mem, emit);
+        }
+    }
+
+    /// Whether a queue waits for another pass ([`DeviceHost::run_pending`]).
+    pub fn has_pending_work(&self) -> bool {
+        self.runnable.iter().any(|&r| r)
+    }
+
+    /// One more pass of every queue whose last pass left buffers on the
+    /// ring.
+    pub fn run_pending(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        for index in 0..self.runnable.len() {
+            if self.runnable[index] {
+                self.process(index as u32, emit);
+            }
+        }
+    }
+
+    /// Mark every live queue with buffers the model has not taken runnable
+    /// (after a completion freed room, a model may be able to go on).
+    fn mark_backlogged(&mut self) {
+        let Some(mem) = self.mem.as_ref() else {
+            return;
+        };
+        for (index, q) in self.model.queues.iter().enumerate() {
+            let Some(q) = q else { continue };
+            let waiting = q
+                .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
+                .is_ok_and(|idx| idx.0 != q.next_avail());
+            if waiting {
+                if let Some(r) = self.runnable.get_mut(index) {
+                    *r = true;
+                }
+            }
         }
     }
 
@@ -437,6 +705,7 @@ impl DeviceHost {
                 for index in used {
                     self.notify_used(u32::from(index), &mem, emit);
                 }
+                self.mark_backlogged();
             }
             Err(e) => self.fail(&e, emit),
         }
@@ -458,7 +727,12 @@ impl DeviceHost {
                         self.counters.used_events += 1;
                         emit(&buf[..n]);
                     }
-                    Err(e) => warn!("{}: encoding EVENT_USED: {e}", self.model.dev.name()),
+                    Err(e) => rate_limited!(
+                        self.log_limit,
+                        warn,
+                        "{}: encoding EVENT_USED: {e}",
+                        self.model.dev.name()
+                    ),
                 }
             }
             Ok(false) => {}
@@ -496,6 +770,7 @@ impl DeviceHost {
 
     /// Stop every live queue, letting the model drain each first.
     fn stop_queues(&mut self) {
+        self.runnable.iter_mut().for_each(|r| *r = false);
         for (index, q) in self.model.queues.iter_mut().enumerate() {
             if q.take().is_some() {
                 self.model.dev.queue_reset(index as u16);
@@ -506,7 +781,9 @@ impl DeviceHost {
     /// An unrecoverable queue or backend error: stop the queues, set
     /// DEVICE_NEEDS_RESET and tell the driver with EVENT_CONFIG.
     fn fail(&mut self, err: &DeviceError, emit: &mut dyn FnMut(&[u8])) {
-        warn!(
+        rate_limited!(
+            self.log_limit,
+            warn,
             "{} (dev {}): {err}; setting DEVICE_NEEDS_RESET",
             self.model.dev.name(),
             self.dev_num
@@ -522,7 +799,7 @@ impl DeviceHost {
                 emit(&buf[..n]);
             }
             Ok(None) => debug!("DEVICE_NEEDS_RESET already signalled"),
-            Err(e) => warn!("encoding EVENT_CONFIG: {e}"),
+            Err(e) => rate_limited!(self.log_limit, warn, "encoding EVENT_CONFIG: {e}"),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -19,8 +19,10 @@ use vmsg_proto::{Codec, CodecError, DecodeError, Profile};
 use vmsg_transport::bus::{DeviceSet, answer_bus_request, event_device};
 
 use crate::bus::{Bus, BusCounters, BusError};
-use crate::device::{DeviceCounters, DeviceHost, VirtioDevice};
+use crate::device::{DeviceCounters, DeviceHost, DeviceReport, VirtioDevice};
 use crate::hotplug::{Change, DeviceControl, HotplugError, HotplugQueue, Request};
+use crate::rate_limited;
+use crate::ratelog::LogLimiter;
 
 /// Errors of an instance.
 #[derive(Debug, Error)]
@@ -88,6 +90,93 @@ pub struct InstanceStats {
     pub bus: BusCounters,
 }
 
+/// A guest as `vmsgctl status` and `vmsgctl stats` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceReport {
+    /// The guest's name.
+    pub name: String,
+    /// Whether a driver is connected (a bus is being served).
+    pub connected: bool,
+    /// The wire profile.
+    pub profile: Profile,
+    /// The bus maximum message size of the connection (0 when none).
+    pub max_msg_size: usize,
+    /// Connections served so far.
+    pub connections: u64,
+    /// Frames received (decoded or not), all connections.
+    pub frames: u64,
+    /// Drops by reason, all connections.
+    pub drops: DropCounters,
+    /// The bus counters of the current (or last) connection.
+    pub bus: BusCounters,
+    /// Counters of this kind of bus ([`Bus::extra_counters`]).
+    pub bus_extra: Vec<(&'static str, u64)>,
+    /// Log lines of this guest suppressed by its rate limit.
+    pub log_suppressed: u64,
+    /// The devices.
+    pub devices: Vec<DeviceReport>,
+}
+
+/// What an [`Inspector`] and its instance share.
+#[derive(Debug)]
+struct InspectShared {
+    state: Mutex<InspectState>,
+    answered: Condvar,
+    /// Wakes a serving instance to answer.
+    wake: EventFd,
+}
+
+#[derive(Debug, Default)]
+struct InspectState {
+    /// Between connections the instance does not poll: `offline` answers.
+    serving: bool,
+    offline: Option<InstanceReport>,
+    asked: u64,
+    answered: u64,
+    answer: Option<InstanceReport>,
+}
+
+/// Asks a running instance for its [`InstanceReport`] from another thread
+/// (the control socket's). While a driver is connected the instance builds
+/// the report in its own loop when asked (so it is exact, and nothing runs
+/// while nobody asks); between connections the report of the last one is
+/// returned directly.
+#[derive(Clone, Debug)]
+pub struct Inspector(Arc<InspectShared>);
+
+impl Inspector {
+    /// The instance's report, or `None` if it did not answer within
+    /// `timeout` (it is busy with one bounded slice of work at most, so
+    /// this only happens if it is stuck).
+    pub fn report(&self, timeout: Duration) -> Option<InstanceReport> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.serving {
+            return st.offline.clone();
+        }
+        st.asked += 1;
+        let ticket = st.asked;
+        // Writing can only fail if the counter would overflow: then the
+        // instance has a wake-up pending anyway.
+        let _ = self.0.wake.write(1);
+        loop {
+            if st.answered >= ticket {
+                return st.answer.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = self
+                .0
+                .answered
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
 /// Signals an instance (or any loop of the daemon) to stop; cloneable and
 /// pollable.
 #[derive(Clone, Debug)]
@@ -140,7 +229,9 @@ pub struct InstanceOptions {
     /// Wire profile of the bus instance.
     pub profile: Profile,
     /// After draining the ring, keep polling it this long before sleeping on
-    /// the doorbell (0 = always sleep). Trades a core for latency.
+    /// the doorbell (0 = always sleep). Trades a core for latency. At most
+    /// [`MAX_POLL_SPIN`] is honoured; the fds (stop, control) are looked at
+    /// while spinning.
     pub poll_spin: Duration,
 }
 
@@ -175,14 +266,41 @@ pub struct GuestInstance {
     drops: DropCounters,
     bus_counters: BusCounters,
     hotplug: HotplugQueue,
+    /// The guest's connects, disconnects and errors are logged through
+    /// this (a hostile guest must not flood the log).
+    log_limit: LogLimiter,
+    inspect: Arc<InspectShared>,
+    connections: u64,
+    bus_extra: Vec<(&'static str, u64)>,
 }
 
 const EV_DOORBELL: u64 = 1;
 const EV_CONTROL: u64 = 2;
 const EV_STOP: u64 = 3;
 const EV_HOTPLUG: u64 = 4;
+const EV_INSPECT: u64 = 5;
 /// Device fds use `EV_DEVICE_BASE + dev_num`.
 const EV_DEVICE_BASE: u64 = 1 << 32;
+/// Most frames one drain of the bus handles before the instance looks at its
+/// fds again (stop, control, device completions): a driver can refill the
+/// ring as fast as it is emptied.
+pub const MAX_FRAMES_PER_DRAIN: usize = 64;
+/// Longest `poll_spin` honoured: polling is for latency, a longer spin only
+/// burns a core (the configuration refuses more).
+pub const MAX_POLL_SPIN: Duration = Duration::from_millis(10);
+/// How often a spinning instance looks at its other fds (one epoll_wait
+/// without timeout each time).
+const FD_CHECK_WHILE_SPINNING: Duration = Duration::from_micros(100);
+
+/// Whether any fd other than the doorbell is ready (a zero-timeout look;
+/// level-triggered, so the events are reported again by the next wait).
+fn other_fds_ready(epoll: &Epoll, events: &mut [EpollEvent]) -> Result<bool, InstanceError> {
+    match epoll.wait(events, EpollTimeout::ZERO) {
+        Ok(n) => Ok(events[..n].iter().any(|e| e.data() != EV_DOORBELL)),
+        Err(nix::Error::EINTR) => Ok(false),
+        Err(e) => Err(errno("epoll_wait")(e)),
+    }
+}
 
 impl GuestInstance {
     /// An instance named `name` hosting `devices` at their device numbers.
@@ -200,7 +318,7 @@ impl GuestInstance {
                 return Err(InstanceError::DuplicateDevNum(dev_num));
             }
         }
-        Ok(Self {
+        let instance = Self {
             name: name.into(),
             options,
             devices: table,
@@ -208,7 +326,57 @@ impl GuestInstance {
             drops: DropCounters::default(),
             bus_counters: BusCounters::default(),
             hotplug: HotplugQueue::new()?,
-        })
+            log_limit: LogLimiter::default(),
+            inspect: Arc::new(InspectShared {
+                state: Mutex::new(InspectState::default()),
+                answered: Condvar::new(),
+                wake: EventFd::new(EFD_NONBLOCK).map_err(os("eventfd"))?,
+            }),
+            connections: 0,
+            bus_extra: Vec::new(),
+        };
+        // Until the first connection, inspectors get the idle report.
+        let offline = instance.report(None);
+        instance.inspect_state().offline = Some(offline);
+        Ok(instance)
+    }
+
+    /// A handle other threads use to ask for this instance's report.
+    pub fn inspector(&self) -> Inspector {
+        Inspector(self.inspect.clone())
+    }
+
+    fn inspect_state(&self) -> std::sync::MutexGuard<'_, InspectState> {
+        self.inspect.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The guest as it is now; `bus` is the connection being served.
+    pub fn report(&self, bus: Option<&dyn Bus>) -> InstanceReport {
+        InstanceReport {
+            name: self.name.clone(),
+            connected: bus.is_some(),
+            profile: self.options.profile,
+            max_msg_size: bus.map_or(0, |b| b.max_msg_size()),
+            connections: self.connections,
+            frames: self.frames,
+            drops: self.drops,
+            bus: bus.map_or(self.bus_counters, |b| b.counters()),
+            bus_extra: bus.map_or_else(|| self.bus_extra.clone(), |b| b.extra_counters()),
+            log_suppressed: self.log_limit.suppressed(),
+            devices: self.devices.values().map(DeviceHost::report).collect(),
+        }
+    }
+
+    /// Answer the inspectors waiting (from the event loop).
+    fn answer_inspectors(&mut self, bus: &dyn Bus) {
+        // Consume the wake-up; several questions share one answer.
+        let _ = self.inspect.wake.read();
+        let report = self.report(Some(bus));
+        let mut st = self.inspect_state();
+        st.answer = Some(report);
+        st.answered = st.asked;
+        drop(st);
+        self.inspect.answered.notify_all();
     }
 
     /// A handle other threads use to add and remove this guest's devices
@@ -220,6 +388,12 @@ impl GuestInstance {
     /// The guest's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The rate limit of this guest's log lines: whoever serves the guest
+    /// logs what the guest causes (connects, refusals) through it.
+    pub fn log_limiter(&mut self) -> &mut LogLimiter {
+        &mut self.log_limit
     }
 
     /// Counters so far.
@@ -244,8 +418,12 @@ impl GuestInstance {
         stop: &StopSignal,
     ) -> Result<ServeEnd, InstanceError> {
         let codec = self.attach(bus)?;
+        self.connections += 1;
+        self.inspect_state().serving = true;
         bus.devices_changed(&self.device_numbers());
-        info!(
+        rate_limited!(
+            self.log_limit,
+            info,
             "{}: bus up ({:?}, max message {} bytes, {} devices)",
             self.name,
             self.options.profile,
@@ -261,10 +439,26 @@ impl GuestInstance {
         };
         self.detach();
         self.bus_counters = bus.counters();
+        self.bus_extra = bus.extra_counters();
+        // Inspectors get the last connection's report from now on, and
+        // those waiting get it too.
+        let offline = self.report(None);
+        let mut st = self.inspect_state();
+        st.serving = false;
+        st.answer = Some(offline.clone());
+        st.offline = Some(offline);
+        st.answered = st.asked;
+        drop(st);
+        self.inspect.answered.notify_all();
         let stats = self.stats();
-        info!(
+        rate_limited!(
+            self.log_limit,
+            info,
             "{}: bus down ({:?}); frames {}, drops {:?}",
-            self.name, result, stats.frames, stats.drops
+            self.name,
+            result,
+            stats.frames,
+            stats.drops
         );
         result
     }
@@ -310,6 +504,7 @@ impl GuestInstance {
         }
         add(stop.as_raw_fd(), EV_STOP)?;
         add(self.hotplug.wake_fd(), EV_HOTPLUG)?;
+        add(self.inspect.wake.as_raw_fd(), EV_INSPECT)?;
         for (&dev_num, dev) in &self.devices {
             for fd in dev.event_fds() {
                 add(fd, EV_DEVICE_BASE + u64::from(dev_num))?;
@@ -321,40 +516,76 @@ impl GuestInstance {
         let mut events = [EpollEvent::empty(); 4];
         loop {
             bus.ack_doorbell()?;
-            self.drain(codec, bus, &mut buf, &mut out)?;
-            if !self.options.poll_spin.is_zero() {
+            let mut backlog = self.drain(codec, bus, &mut buf, &mut out)? == MAX_FRAMES_PER_DRAIN;
+            let poll_spin = self.options.poll_spin.min(MAX_POLL_SPIN);
+            if !poll_spin.is_zero() && !backlog {
                 // Spin until the ring stays empty for poll_spin, then sleep.
+                // Every FD_CHECK_WHILE_SPINNING, and whenever frames keep the
+                // spin going, look at the other fds (stop, a disconnect,
+                // device completions): any of them ends the spin.
                 bus.set_spinning(true);
                 let mut idle_since = Instant::now();
+                let mut fds_checked = idle_since;
                 let mut spins = 0u32;
                 loop {
-                    if self.drain(codec, bus, &mut buf, &mut out)? {
-                        spins = 0;
+                    spins = spins.wrapping_add(1);
+                    if self.drain(codec, bus, &mut buf, &mut out)? > 0 {
                         idle_since = Instant::now();
-                        continue;
+                    } else {
+                        std::hint::spin_loop();
                     }
                     // Reading the clock costs as much as a ring check.
-                    spins = spins.wrapping_add(1);
-                    if spins % 64 == 0 && idle_since.elapsed() >= self.options.poll_spin {
+                    if spins % 64 != 0 {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    if now.duration_since(idle_since) >= poll_spin {
                         break;
                     }
-                    std::hint::spin_loop();
+                    if now.duration_since(fds_checked) >= FD_CHECK_WHILE_SPINNING {
+                        fds_checked = now;
+                        if other_fds_ready(&epoll, &mut events)? {
+                            break;
+                        }
+                    }
                 }
                 bus.set_spinning(false);
                 // A frame pushed while the flag was still set was not kicked.
-                self.drain(codec, bus, &mut buf, &mut out)?;
+                backlog = self.drain(codec, bus, &mut buf, &mut out)? == MAX_FRAMES_PER_DRAIN;
             }
+            self.run_pending(bus)?;
             self.run_deadlines(bus)?;
-            let timeout = self
-                .devices
-                .values()
-                .filter_map(DeviceHost::next_deadline)
-                .min()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            let timeout = match timeout {
-                Some(d) => EpollTimeout::try_from(d.max(Duration::from_millis(1)))
-                    .unwrap_or(EpollTimeout::NONE),
-                None => EpollTimeout::NONE,
+            // Work left over (frames beyond one drain's bound, queues whose
+            // pass spent its budget): look at the fds without sleeping, so
+            // stop, the control path and the other devices are seen between
+            // bounded slices of a guest's work.
+            let busy = backlog || self.devices.values().any(DeviceHost::has_pending_work);
+            let timeout = if busy {
+                EpollTimeout::ZERO
+            } else {
+                match self
+                    .devices
+                    .values()
+                    .filter_map(DeviceHost::next_deadline)
+                    .min()
+                {
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            EpollTimeout::ZERO
+                        } else {
+                            // Round up: epoll counts whole milliseconds, and
+                            // a sub-millisecond remainder rounded down would
+                            // spin until the deadline.
+                            let ms = left.as_micros().div_ceil(1000);
+                            EpollTimeout::try_from(Duration::from_millis(
+                                u64::try_from(ms).unwrap_or(u64::MAX),
+                            ))
+                            .unwrap_or(EpollTimeout::NONE)
+                        }
+                    }
+                    None => EpollTimeout::NONE,
+                }
             };
             let n = match epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
@@ -369,6 +600,7 @@ impl GuestInstance {
                         self.device_event(dev_num, bus)?;
                     }
                     EV_HOTPLUG => self.apply_changes(codec, bus, &epoll)?,
+                    EV_INSPECT => self.answer_inspectors(&*bus),
                     EV_CONTROL => match bus.handle_control() {
                         Ok(()) => {}
                         Err(BusError::Disconnected) => return Ok(ServeEnd::Disconnected),
@@ -380,21 +612,38 @@ impl GuestInstance {
         }
     }
 
-    /// Handle every pending frame. Returns whether any frame was handled.
+    /// Handle pending frames, at most [`MAX_FRAMES_PER_DRAIN`] of them (a
+    /// driver can refill the ring as fast as we empty it). Returns how many
+    /// were handled.
     fn drain(
         &mut self,
         codec: &Codec,
         bus: &mut dyn Bus,
         buf: &mut [u8],
         out: &mut [u8],
-    ) -> Result<bool, InstanceError> {
-        let mut any = false;
-        while let Some(len) = bus.recv(buf)? {
-            any = true;
+    ) -> Result<usize, InstanceError> {
+        let mut handled = 0;
+        while handled < MAX_FRAMES_PER_DRAIN {
+            let Some(len) = bus.recv(buf)? else {
+                break;
+            };
+            handled += 1;
             let frame = buf.get(..len).unwrap_or(&[]);
             self.on_frame(codec, frame, bus, out)?;
         }
-        Ok(any)
+        Ok(handled)
+    }
+
+    /// One more pass of every queue whose last pass left work on its ring.
+    fn run_pending(&mut self, bus: &mut dyn Bus) -> Result<(), InstanceError> {
+        let devices = &mut self.devices;
+        emit_to(bus, |emit| {
+            for dev in devices.values_mut() {
+                if dev.has_pending_work() {
+                    dev.run_pending(emit);
+                }
+            }
+        })
     }
 
     /// Decode, route and answer one frame.
@@ -430,7 +679,12 @@ impl GuestInstance {
             match answer_bus_request(&Devices(&self.devices), codec, &msg, out) {
                 Ok(Some(n)) => send(bus, &out[..n])?,
                 Ok(None) => self.drops.bus_unhandled += 1,
-                Err(e) => warn!("{}: encoding a bus response: {e}", self.name),
+                Err(e) => rate_limited!(
+                    self.log_limit,
+                    warn,
+                    "{}: encoding a bus response: {e}",
+                    self.name
+                ),
             }
             return Ok(());
         }
@@ -441,7 +695,13 @@ impl GuestInstance {
         let handled = match dev.handle(&msg, out) {
             Ok(h) => h,
             Err(e) => {
-                warn!("{}: device {}: {e}", self.name, msg.dev_num);
+                rate_limited!(
+                    self.log_limit,
+                    warn,
+                    "{}: device {}: {e}",
+                    self.name,
+                    msg.dev_num
+                );
                 return Ok(());
             }
         };
@@ -629,3 +889,6 @@ fn epoll_delete(epoll: &Epoll, fd: RawFd) {
 fn send(bus: &mut dyn Bus, frame: &[u8]) -> Result<(), InstanceError> {
     bus.send(frame).map_err(InstanceError::from)
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,6 +7,7 @@
 //! - [`instance`]: a guest's device table and the event loop serving it.
 //! - [`hotplug`]: adding and removing a guest's devices while it is served.
 //! - [`local`]: the built-in local bus (Unix socket + memfd + eventfds).
+//! - [`ratelog`]: per-guest rate limits of the log lines a guest can cause.
 //! - [`linux_user`]: the Linux RFC loopback bus (`/dev/virtio-msg-lb`,
 //!   `/dev/virtio-msg-N`): devices for the kernel vmsgd runs on.
 //! - `fake` (tests, or feature `fake`): an in-memory bus for tests and
@@ -23,3 +24,4 @@ pub mod instance;
 pub mod linux_user;
 pub mod local;
 pub mod memory;
+pub mod ratelog;

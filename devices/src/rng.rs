@@ -22,7 +22,7 @@ use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryBackend};
-use vmsg_backend::device::{DeviceError, QueueOutcome, VirtioDevice};
+use vmsg_backend::device::{DeviceError, PassBudget, QueueOutcome, VirtioDevice};
 use vmsg_backend::memory::GuestMemory;
 
 /// virtio device type of an entropy device.
@@ -32,6 +32,11 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Bytes filled per step: bounds the stack buffer and the work one request
 /// can do before the rate limiter is consulted again.
 const CHUNK: usize = 4096;
+/// Most bytes one request gets, whatever the size of its buffers: a guest
+/// posting gigabyte buffers must not keep the daemon filling them. virtio-rng
+/// lets the device write fewer bytes than the buffers hold (the used length
+/// says how many); the driver asks again.
+pub const MAX_REQUEST_BYTES: u64 = 64 << 10;
 /// How long a request waits before a not-ready entropy source is asked
 /// again. The kernel offers no wake-up we could poll without it firing
 /// forever once ready (`/dev/random` stays readable), so the device polls:
@@ -313,6 +318,16 @@ impl VirtioDevice for RngDevice {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, DeviceError> {
+        self.process_queue_bounded(index, queue, mem, &mut PassBudget::untimed())
+    }
+
+    fn process_queue_bounded(
+        &mut self,
+        index: u16,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        pass: &mut PassBudget,
+    ) -> Result<QueueOutcome, DeviceError> {
         let mut outcome = QueueOutcome::default();
         if index != 0 {
             return Ok(outcome);
@@ -325,7 +340,8 @@ impl VirtioDevice for RngDevice {
                     bucket.tokens
                 }
                 None => u64::MAX,
-            };
+            }
+            .min(MAX_REQUEST_BYTES);
             // Pop only when there is budget, so a starved chain stays on the
             // ring untouched.
             if budget == 0 {
@@ -336,6 +352,11 @@ impl VirtioDevice for RngDevice {
                 {
                     self.starved = self.limit.as_ref().map(|b| b.ready_at(CHUNK as u64));
                 }
+                break;
+            }
+            // The rest waits for the next pass (the host runs it after the
+            // instance looked at its other work).
+            if !pass.take_chain() {
                 break;
             }
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
@@ -366,6 +387,8 @@ impl VirtioDevice for RngDevice {
                     break;
                 }
             }
+            // take_chain guarantees bytes are left in this pass.
+            let budget = budget.min(pass.bytes_left());
             let Filled { written, not_ready } = self.fill_chain(mem, chain, budget)?;
             if not_ready {
                 // Retry on a timer: the instance keeps serving the bus and
@@ -384,6 +407,7 @@ impl VirtioDevice for RngDevice {
                 bucket.tokens -= u64::from(written);
             }
             self.bytes_served += u64::from(written);
+            pass.spend(u64::from(written));
             queue
                 .add_used(mem, head, written)
                 .map_err(|e| corrupt(index, &e))?;
@@ -401,6 +425,10 @@ impl VirtioDevice for RngDevice {
 
     fn next_deadline(&self) -> Option<Instant> {
         self.starved
+    }
+
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        vec![("bytes_served", self.bytes_served)]
     }
 }
 
@@ -648,6 +676,52 @@ mod tests {
         assert!(ring.used().is_empty());
         dev.process_queue(0, &mut q, &mem).expect("process");
         assert_eq!(ring.used(), vec![(u32::from(head), 64)], "the full burst");
+    }
+
+    /// Issue 10, defect 2: a ring full of huge requests. One pass serves
+    /// at most `PassBudget::MAX_CHAINS` chains and `MAX_BYTES` bytes, each
+    /// request at most `MAX_REQUEST_BYTES`; the rest waits on the ring for
+    /// the next pass.
+    #[test]
+    fn a_pass_is_bounded_whatever_the_guest_posts() {
+        let mem = memory();
+        let mut ring = Ring::new(&mem);
+        let mut q = ring.queue();
+        let (mut dev, _calls) = scripted(|_| false);
+        // Every request points at the same 64 KiB, declared 256 MiB long
+        // (the device stops at the end of guest memory if not before).
+        let huge = 256 << 20;
+        for _ in 0..QSIZE {
+            ring.add(&[(DATA, huge)]);
+        }
+        let mut budget = PassBudget::with_limits(4, u64::MAX, Duration::from_secs(3600));
+        dev.process_queue_bounded(0, &mut q, &mem, &mut budget)
+            .expect("process");
+        let used = ring.used();
+        assert_eq!(used.len(), 4, "one pass starts at most its chain budget");
+        assert!(
+            used.iter()
+                .all(|&(_, len)| u64::from(len) <= MAX_REQUEST_BYTES),
+            "each request gets at most the per-request cap: {used:?}"
+        );
+        assert_eq!(q.next_avail(), 4, "the rest stays on the ring");
+
+        // The byte budget bounds a pass too.
+        let mut budget =
+            PassBudget::with_limits(64, 2 * MAX_REQUEST_BYTES, Duration::from_secs(3600));
+        dev.process_queue_bounded(0, &mut q, &mem, &mut budget)
+            .expect("process");
+        let used = ring.used();
+        let total: u64 = used.iter().map(|&(_, len)| u64::from(len)).sum();
+        assert_eq!(used.len(), 2, "{used:?}");
+        assert_eq!(total, 2 * MAX_REQUEST_BYTES);
+
+        // A default pass: the host's bounds.
+        let mut budget = PassBudget::untimed();
+        dev.process_queue_bounded(0, &mut q, &mem, &mut budget)
+            .expect("process");
+        let total: u64 = ring.used().iter().map(|&(_, len)| u64::from(len)).sum();
+        assert!(total <= PassBudget::MAX_BYTES, "{total}");
     }
 
     #[test]

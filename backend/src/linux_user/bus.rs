@@ -22,6 +22,8 @@ use super::LinuxUserError;
 use super::os::{FRAME_SIZE, LoopbackKernel, MsgChannel};
 use crate::bus::{Bus, BusCounters, BusError};
 use crate::memory::GuestMemoryHandle;
+use crate::rate_limited;
+use crate::ratelog::LogLimiter;
 
 /// `type` bit 0 and bit 1 (reference §1).
 const TY_RESPONSE: u8 = 0x01;
@@ -120,6 +122,7 @@ pub struct LinuxUserBus {
     pending: Option<(u16, u8)>,
     frames_out: u64,
     stats: LinuxUserStats,
+    log_limit: LogLimiter,
 }
 
 impl std::fmt::Debug for LinuxUserBus {
@@ -190,6 +193,7 @@ impl LinuxUserBus {
             pending: None,
             frames_out: 0,
             stats: LinuxUserStats::default(),
+            log_limit: LogLimiter::default(),
         })
     }
 
@@ -319,6 +323,16 @@ impl Bus for LinuxUserBus {
         Err(BusError::Disconnected)
     }
 
+    fn extra_counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("acks", s.acks),
+            ("unanswered", s.unanswered),
+            ("refused", s.refused),
+            ("unexpected", s.unexpected),
+        ]
+    }
+
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, BusError> {
         let (frame, len) = match self.rx.try_recv() {
             Ok(f) => f,
@@ -328,7 +342,9 @@ impl Bus for LinuxUserBus {
         if let Some((dev_num, msg_id)) = self.pending.take() {
             // The instance handled the previous request without answering.
             self.stats.unanswered += 1;
-            warn!(
+            rate_limited!(
+                self.log_limit,
+                warn,
                 "loopback: request {msg_id:#04x} to device {dev_num} got no response; \
                  the kernel fails it after its timeout"
             );

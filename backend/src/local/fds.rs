@@ -2,7 +2,7 @@
 //! over the socket and bounded waits.
 
 use std::fs::File;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -11,24 +11,25 @@ use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EfdFlags;
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recv, recvmsg, sendmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, recv, sendmsg};
 use nix::sys::stat::{SFlag, fstat};
 use vm_memory::{FileOffset, MmapRegion};
 
 use super::{LocalBusError, RejectCode};
 
-/// Most fds one SCM_RIGHTS message can carry on Linux (SCM_MAX_FD): the
-/// control buffer is sized for it so the kernel never truncates, which
-/// would leave fds installed that we could not see to close.
-const SCM_MAX_FD: usize = 253;
-
-/// Create a sealable memfd of `size` bytes and seal its size, so the peer
-/// cannot shrink it under our mapping (which would SIGBUS the mapper).
+/// Create a sealable memfd of `size` bytes, allocate all of it and seal its
+/// size, so the peer cannot shrink it under our mapping (which would SIGBUS
+/// the mapper). Allocated here, its pages are the creator's: the daemon
+/// refuses a memfd with holes (its own page faults would allocate them).
 pub fn create_memfd(name: &str, size: u64) -> Result<File, LocalBusError> {
     let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
         .map_err(LocalBusError::os("memfd_create"))?;
     let len = i64::try_from(size).map_err(|_| LocalBusError::InvalidOptions("memfd size"))?;
     nix::unistd::ftruncate(&fd, len).map_err(LocalBusError::os("ftruncate"))?;
+    if len > 0 {
+        nix::fcntl::fallocate(&fd, nix::fcntl::FallocateFlags::empty(), 0, len)
+            .map_err(LocalBusError::os("fallocate"))?;
+    }
     fcntl(
         &fd,
         FcntlArg::F_ADD_SEALS(
@@ -78,7 +79,30 @@ pub fn check_memfd(
             format!("{what} memfd holds {size} bytes, {need} declared"),
         ));
     }
+    let allocated = allocated_bytes(&st);
+    if allocated < need {
+        return Err(LocalBusError::refused(
+            code,
+            format!(
+                "{what} memfd has {allocated} of its {need} bytes allocated; allocate it all \
+                 (fallocate) before sharing it"
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Bytes of a file backed by allocated pages (`st_blocks` counts 512-byte
+/// units; for a memfd, pages allocated or swapped out, not holes).
+pub fn allocated_bytes(st: &nix::sys::stat::FileStat) -> u64 {
+    u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512)
+}
+
+/// Whether the memfd behind a mapping still has at least `need` bytes
+/// allocated (a driver can punch holes into a memfd sealed only against
+/// shrinking).
+pub fn still_allocated(file: &File, need: u64) -> Result<bool, Errno> {
+    Ok(allocated_bytes(&fstat(file)?) >= need)
 }
 
 /// Check that a peer's fd is an eventfd and make it non-blocking (we must
@@ -184,45 +208,55 @@ fn wait_writable(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     }
 }
 
-/// Fill `buf` from the socket before `deadline`, collecting any fds that
-/// come along (all of them, wrapped so that they are closed if unused).
+/// Fill `buf` from the socket before `deadline`, collecting the fds that
+/// come along, at most `max_fds` over the whole read.
+///
+/// Every fd the kernel installed for us is wrapped as owned at once, so each
+/// is closed on every path, refusals included. The control buffer only has
+/// room for `max_fds`: the kernel installs no more than fit and drops the
+/// rest (marking the message truncated), so a peer cannot make us hold more
+/// than `max_fds` fds, whatever it sends. A truncated message (more fds than
+/// allowed, or the daemon out of fds so that the kernel could install only
+/// some) or a total above `max_fds` is refused.
+///
+/// If `cancel` becomes readable first, the read ends with
+/// [`LocalBusError::Stopped`].
 pub fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     deadline: Instant,
+    max_fds: usize,
+    cancel: Option<BorrowedFd<'_>>,
 ) -> Result<Vec<OwnedFd>, LocalBusError> {
     let mut fds = Vec::new();
     let mut got = 0;
-    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD], libc::ucred);
+    // u64 words keep the buffer aligned for `cmsghdr`.
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) };
+    let mut control = vec![0u64; (space as usize).div_ceil(8)];
+    let mut watched = vec![sock];
+    watched.extend(cancel);
     while got < buf.len() {
-        if !wait_readable(&[sock], Some(deadline))?[0] {
+        let ready = wait_readable(&watched, Some(deadline))?;
+        if ready.get(1).copied().unwrap_or(false) {
+            return Err(LocalBusError::Stopped);
+        }
+        if !ready[0] {
             return Err(LocalBusError::Timeout);
         }
-        let mut iov = [IoSliceMut::new(&mut buf[got..])];
-        let msg = match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => m,
+        let (n, truncated) = match recvmsg_fds(sock, &mut buf[got..], &mut control, &mut fds) {
+            Ok(r) => r,
             Err(Errno::EAGAIN | Errno::EINTR) => continue,
             Err(Errno::ECONNRESET) => return Err(LocalBusError::Disconnected),
             Err(e) => return Err(LocalBusError::os("recvmsg")(e)),
         };
-        let n = msg.bytes;
-        let cmsgs = msg.cmsgs().map_err(|_| {
-            // Cannot happen with a buffer for SCM_MAX_FD fds; refuse if it does.
-            LocalBusError::refused(RejectCode::BadFds, "control data truncated")
-        })?;
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for fd in raw {
-                    // SAFETY: the kernel just installed `fd` in our table
-                    // for us; nothing else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
+        if truncated || fds.len() > max_fds {
+            return Err(LocalBusError::refused(
+                RejectCode::BadFds,
+                format!(
+                    "more than {max_fds} file descriptors sent (or the daemon is out of file descriptors)"
+                ),
+            ));
         }
         if n == 0 {
             return Err(LocalBusError::Disconnected);
@@ -230,6 +264,67 @@ pub fn recv_with_fds(
         got += n;
     }
     Ok(fds)
+}
+
+/// One non-blocking `recvmsg` into `buf` with `control` as the control
+/// buffer; every fd of every SCM_RIGHTS message in it is pushed to `fds` as
+/// owned, also when the kernel truncated the control data. Returns the
+/// bytes read and whether the control data was truncated (`MSG_CTRUNC`).
+fn recvmsg_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    control: &mut [u64],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(usize, bool), Errno> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control).
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.as_mut_ptr().cast();
+    hdr.msg_controllen = std::mem::size_of_val(control) as _;
+    // SAFETY: `hdr` points at `iov` (which points at `buf`) and at
+    // `control`, all live and exclusively borrowed for the call; the kernel
+    // writes at most their lengths.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut hdr,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `hdr` was filled by a successful recvmsg: msg_controllen is
+    // the length of valid control data in `control`, and the CMSG macros
+    // only walk headers inside it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let header = data.offset_from(cmsg.cast::<u8>()) as usize;
+                let count =
+                    (c.cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = data
+                        .add(i * std::mem::size_of::<RawFd>())
+                        .cast::<RawFd>()
+                        .read_unaligned();
+                    // The kernel just installed `fd` in our table for us;
+                    // nothing else owns it.
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+        }
+    }
+    Ok((n as usize, hdr.msg_flags & libc::MSG_CTRUNC != 0))
 }
 
 /// Fill `buf` from the socket before `deadline` (no fds expected: any that

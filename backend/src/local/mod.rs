@@ -27,7 +27,7 @@ use thiserror::Error;
 use vmsg_transport::ring::RingError;
 
 pub use client::{LocalBusClient, LocalClientOptions};
-pub use server::{LocalBus, LocalBusListener, LocalServerOptions};
+pub use server::{HelloParams, LocalBus, LocalBusListener, LocalServerOptions, check_hello};
 pub use wire::{HELLO_LEN, MAGIC, MIN_MSG_SIZE, VERSION};
 
 /// The hello's profile id of a wire profile (0 = v2, 1 = v1, 2 = rfc2);
@@ -151,6 +151,10 @@ pub enum LocalBusError {
     /// The peer did not complete the handshake in time.
     #[error("handshake timed out")]
     Timeout,
+    /// Daemon side: the stop signal fired while waiting for a driver or its
+    /// hello.
+    #[error("stopped")]
+    Stopped,
     /// The peer closed the connection.
     #[error("peer disconnected")]
     Disconnected,

@@ -329,6 +329,106 @@ fn handshake_rejects_memory_problems() {
     );
 }
 
+/// The number of bytes of `file` that are backed by allocated pages.
+fn allocated(file: &File) -> u64 {
+    let st = nix::sys::stat::fstat(file).expect("fstat");
+    u64::try_from(st.st_blocks).expect("blocks") * 512
+}
+
+/// A sealed memfd of `size` bytes of which nothing is allocated (a hole).
+fn sparse_memfd(size: u64) -> File {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    let fd = memfd_create(
+        "sparse",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .expect("memfd");
+    nix::unistd::ftruncate(&fd, size as i64).expect("ftruncate");
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK)).expect("seal");
+    File::from(fd)
+}
+
+/// Issue 10, defect 3: RAM the driver has not allocated would be allocated
+/// by the daemon's own page faults (and charged to it) as soon as a request
+/// touches it: a sparse memfd is refused, for RAM and ring alike.
+#[test]
+fn handshake_rejects_memory_the_driver_did_not_allocate() {
+    let o = small_client();
+    reject_with(
+        &o,
+        |p| p.ram = sparse_memfd(o.ram_size),
+        RejectCode::BadMemory,
+    );
+    // Half allocated is not allocated.
+    reject_with(
+        &o,
+        |p| {
+            let f = sparse_memfd(o.ram_size);
+            nix::fcntl::fallocate(
+                &f,
+                nix::fcntl::FallocateFlags::empty(),
+                0,
+                (o.ram_size / 2) as i64,
+            )
+            .expect("fallocate");
+            p.ram = f;
+        },
+        RejectCode::BadMemory,
+    );
+    // The driver side allocates what it shares.
+    let p = Parts::new(&o);
+    assert!(allocated(&p.ram) >= o.ram_size);
+}
+
+/// Issue 10, defect 3: a driver that frees its RAM after the handshake
+/// (punching holes, which the shrink seal allows) is disconnected at the
+/// next doorbell, before the daemon touches (and so allocates) the pages.
+#[test]
+fn ram_freed_after_the_handshake_ends_the_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = sock_path(&dir);
+    // At every doorbell (the default is at most every millisecond).
+    let l = listen(
+        &path,
+        LocalServerOptions {
+            memory_check_interval: Duration::ZERO,
+            ..LocalServerOptions::default()
+        },
+    );
+    let server = serve_one(&l);
+    let o = small_client();
+    let p = Parts::new(&o);
+    let reply = {
+        let sock = UnixStream::connect(&path).expect("connect");
+        fds::send_with_fds(sock.as_raw_fd(), &p.hello.encode(), &p.fds()).expect("hello");
+        let mut head = [0u8; REPLY_HEAD_LEN];
+        fds::recv_exact(sock.as_fd(), &mut head, Instant::now() + T).expect("reply");
+        (Reply::decode_head(&head).expect("head"), sock)
+    };
+    assert_eq!((reply.0).0, 0, "accepted");
+    let mut bus = server
+        .join()
+        .expect("thread")
+        .expect("accept")
+        .expect("bus");
+    bus.ack_doorbell().expect("memory intact");
+    use nix::fcntl::FallocateFlags as F;
+    nix::fcntl::fallocate(
+        &p.ram,
+        F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
+        0,
+        o.ram_size as i64,
+    )
+    .expect("punch");
+    assert_eq!(allocated(&p.ram), 0);
+    assert!(matches!(
+        bus.ack_doorbell(),
+        Err(BusError::MemoryRevoked(_))
+    ));
+    assert_eq!(allocated(&p.ram), 0, "the daemon allocated nothing");
+    drop(reply);
+}
+
 #[test]
 fn handshake_rejects_ring_problems() {
     let o = small_client();
@@ -363,6 +463,41 @@ fn handshake_rejects_bad_params() {
     reject_with(&o, |p| p.hello.max_msg_size = 20, RejectCode::BadParams);
     reject_with(&o, |p| p.hello.max_msg_size = 70000, RejectCode::BadParams);
     reject_with(&o, |p| p.hello.profile = 3, RejectCode::BadParams);
+}
+
+/// Issue 10, defect 7: a message size below the profile's minimum (v2 52,
+/// v1 48, rfc2 44; the largest fixed-size message must fit) was accepted,
+/// then every such message dropped; it is refused at the handshake.
+#[test]
+fn handshake_refuses_a_message_size_below_the_profile_minimum() {
+    for (profile, min) in [(0u8, 52u32), (1, 48), (2, 44)] {
+        let o = LocalClientOptions {
+            profile,
+            ..small_client()
+        };
+        if min > 44 {
+            reject_with(
+                &o,
+                |p| p.hello.max_msg_size = min - 1,
+                RejectCode::BadParams,
+            );
+        }
+        // The minimum itself is fine.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = sock_path(&dir);
+        let l = listen(&path, LocalServerOptions::default());
+        let server = serve_one(&l);
+        let client = LocalBusClient::connect(
+            &path,
+            &LocalClientOptions {
+                max_msg_size: min as usize,
+                ..o
+            },
+        )
+        .expect("the profile's minimum");
+        assert_eq!(client.max_msg_size(), min as usize);
+        drop(server.join().expect("thread").expect("accept"));
+    }
 }
 
 #[test]

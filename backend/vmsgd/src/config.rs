@@ -15,9 +15,12 @@ use toml::Spanned;
 use vmsg_proto::Profile;
 
 mod i2c;
+mod locate;
 pub use self::i2c::{AdapterSpec, ChipSpec, I2cDeviceConfig};
 
-/// A configuration error, located in its file.
+/// A configuration error, located in its file. A file with several
+/// errors gives the first one (in file order) here and the others in
+/// [`ConfigError::more`]; `Display` prints all of them.
 #[derive(Debug, Error)]
 pub struct ConfigError {
     /// The file.
@@ -30,18 +33,47 @@ pub struct ConfigError {
     pub message: String,
     /// How to fix it.
     pub fix: String,
+    /// The file's other errors, in file order.
+    pub more: Vec<ConfigError>,
+}
+
+impl ConfigError {
+    /// Every error: this one, then [`ConfigError::more`].
+    pub fn all(&self) -> impl Iterator<Item = &ConfigError> {
+        std::iter::once(self).chain(self.more.iter())
+    }
+
+    /// One error holding `errors` (sorted by position), or `Ok` if there
+    /// are none.
+    fn check(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        // Errors without a line (whole-file ones) come last.
+        errors.sort_by_key(|e| (e.line == 0, e.line, e.column));
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            None => Ok(()),
+            Some(mut first) => {
+                first.more = errors.collect();
+                Err(first)
+            }
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
-            write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
-        } else {
-            write!(f, "{}: ", self.file.display())?;
-        }
-        write!(f, "{}", self.message)?;
-        if !self.fix.is_empty() {
-            write!(f, "\n  fix: {}", self.fix)?;
+        for (i, e) in self.all().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if e.line > 0 {
+                write!(f, "{}:{}:{}: ", e.file.display(), e.line, e.column)?;
+            } else {
+                write!(f, "{}: ", e.file.display())?;
+            }
+            write!(f, "{}", e.message)?;
+            if !e.fix.is_empty() {
+                write!(f, "\n  fix: {}", e.fix)?;
+            }
         }
         Ok(())
     }
@@ -68,7 +100,23 @@ pub struct DaemonSection {
     /// `error`, `warn`, `info`, `debug` or `trace`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// The system call filter (`docs/security.md`).
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+    /// The user to run as once everything that needs root is open (a name
+    /// or a number); unset: stay the starting user (without capabilities).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The group to run as (a name or a number); unset: the user's group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The control socket `vmsgctl status` and `vmsgctl stats` talk to
+    /// (mode 0600: root, or the daemon's user, only); unset: none.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
 }
+
+pub use crate::sandbox::SeccompMode;
 
 fn default_log_level() -> String {
     "info".into()
@@ -79,6 +127,10 @@ impl Default for DaemonSection {
         Self {
             log: LogTarget::default(),
             log_level: default_log_level(),
+            seccomp: SeccompMode::default(),
+            user: None,
+            group: None,
+            control_socket: None,
         }
     }
 }
@@ -324,21 +376,20 @@ impl DeviceConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A `[[guest]]` as written (built by `locate`).
+#[derive(Debug)]
 struct RawGuest {
     name: Spanned<String>,
     bus: Spanned<BusConfig>,
-    #[serde(default)]
     device: Vec<Spanned<DeviceConfig>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The file as written (built by `locate`, every table checked on its own).
+#[derive(Debug)]
 struct RawConfig {
-    #[serde(default)]
     daemon: DaemonSection,
-    #[serde(default)]
+    /// Where each key of `[daemon]` is.
+    daemon_keys: BTreeMap<String, Range<usize>>,
     guest: Vec<Spanned<RawGuest>>,
 }
 
@@ -383,6 +434,7 @@ impl Locator<'_> {
             column,
             message: message.into(),
             fix: fix.into(),
+            more: Vec::new(),
         }
     }
 }
@@ -420,6 +472,7 @@ impl Config {
             column: 0,
             message: format!("cannot read: {e}"),
             fix: "check the path given to --config and its permissions".into(),
+            more: Vec::new(),
         })?;
         Self::parse(path, &text)
     }
@@ -439,14 +492,21 @@ impl Config {
 
     fn parse_inner(file: &Path, text: &str, host_checks: bool) -> Result<Self, ConfigError> {
         let loc = Locator { file, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().to_string();
-            let fix = fix_for(&message);
-            loc.error(e.span(), message, fix)
+        // The structure first, every table on its own (all errors, each at
+        // its key), then every rule; every error of both is reported.
+        let raw = locate::read(&loc).map_err(|errors| {
+            ConfigError::check(errors).err().unwrap_or_else(|| {
+                loc.error(
+                    None,
+                    "unreadable configuration",
+                    "see docs/configuration.md",
+                )
+            })
         })?;
+        let mut errors = Vec::new();
         if log_level(&raw.daemon.log_level).is_none() {
-            return Err(loc.error(
-                None,
+            errors.push(loc.error(
+                raw.daemon_keys.get("log_level").cloned(),
                 format!(
                     "[daemon] log_level \"{}\" is not a log level",
                     raw.daemon.log_level
@@ -454,177 +514,370 @@ impl Config {
                 "use one of error, warn, info, debug, trace",
             ));
         }
-        let mut names = BTreeSet::new();
-        let mut sockets = BTreeMap::new();
-        let mut images = BTreeMap::new();
-        let mut i2c_users = i2c::I2cUsers::default();
-        let mut guests = Vec::new();
-        for guest in raw.guest {
-            let guest_span = guest.span();
-            let guest = guest.into_inner();
-            let name = guest.name.get_ref().clone();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(loc.error(
-                    Some(guest.name.span()),
-                    format!("guest name {name:?} is not usable"),
-                    "use letters, digits, '-', '_' and '.' only",
-                ));
-            }
-            if !names.insert(name.clone()) {
-                return Err(loc.error(
-                    Some(guest.name.span()),
-                    format!("guest name {name:?} is used twice"),
-                    "give every [[guest]] a unique name",
-                ));
-            }
-            let bus_span = guest.bus.span();
-            let bus = guest.bus.into_inner();
-            match &bus {
-                BusConfig::Local {
-                    socket,
-                    max_msg_size,
-                    profile,
-                    ..
-                } => {
-                    if let Some(other) = sockets.insert(socket.clone(), name.clone()) {
-                        return Err(loc.error(
-                            Some(bus_span.clone()),
-                            format!(
-                                "socket {} is already used by guest {other:?}",
-                                socket.display()
-                            ),
-                            "give every guest its own socket path",
-                        ));
-                    }
-                    if socket.as_os_str().is_empty() {
-                        return Err(loc.error(
-                            Some(bus_span),
-                            "socket path is empty",
-                            "set socket = \"/run/vmsgd/<guest>.sock\"",
-                        ));
-                    }
-                    let min = match profile {
-                        ProfileName::V2 => vmsg_proto::MIN_MAX_MSG_SIZE,
-                        ProfileName::V1 => vmsg_proto::V1_MIN_MAX_MSG_SIZE,
-                        ProfileName::Rfc2 => vmsg_proto::RFC2_MIN_MAX_MSG_SIZE,
-                    };
-                    if (*max_msg_size as usize) < min
-                        || *max_msg_size as usize > vmsg_proto::MAX_MSG_SIZE_LIMIT
-                    {
-                        return Err(loc.error(
-                            Some(bus_span),
-                            format!("max_msg_size {max_msg_size} is outside {min}..=65535 for this profile"),
-                            "use 264 (the recommended size) unless the peer needs another",
-                        ));
-                    }
-                }
-                BusConfig::Xen { .. } => check_xen(&loc, bus_span, &bus)?,
-                BusConfig::LinuxUser {
-                    profile, control, ..
-                } => {
-                    if *profile != ProfileName::Rfc2 {
-                        return Err(loc.error(
-                            Some(bus_span),
-                            "the Linux loopback bus speaks only the rfc2 wire profile",
-                            "set profile = \"rfc2\" or leave profile out",
-                        ));
-                    }
-                    if let Some(other) = sockets.insert(control.clone(), name.clone()) {
-                        return Err(loc.error(
-                            Some(bus_span),
-                            format!("{} is already used by guest {other:?}", control.display()),
-                            "one kernel loopback serves one guest: merge the devices into it",
-                        ));
-                    }
-                }
-            }
-            if guest.device.is_empty() {
-                return Err(loc.error(
-                    Some(guest_span),
-                    format!("guest {name:?} has no devices"),
-                    "add at least one [[guest.device]] table, e.g. kind = \"rng\"",
-                ));
-            }
-            let mut used = BTreeSet::new();
-            for d in &guest.device {
-                if let Some(n) = d.get_ref().dev_num() {
-                    if !used.insert(n) {
-                        return Err(loc.error(
-                            Some(d.span()),
-                            format!("device number {n} is used twice in guest {name:?}"),
-                            "give each device of a guest its own dev_num, or leave dev_num out",
-                        ));
-                    }
-                }
-            }
-            let mut next = 0u16;
-            let mut devices = Vec::new();
-            for d in guest.device {
-                let span = d.span();
-                let mut dev = d.into_inner();
-                if let DeviceConfig::Rng {
-                    rate_limit: Some(0),
-                    ..
-                } = dev
-                {
-                    return Err(loc.error(
-                        Some(span),
-                        "rate_limit = 0 would starve the guest",
-                        "remove rate_limit for no limit, or give bytes per second (e.g. 1048576)",
+        if host_checks {
+            for (key, value, check) in [
+                ("user", &raw.daemon.user, Some(raw.daemon.user.as_deref())),
+                ("group", &raw.daemon.group, None),
+            ] {
+                let Some(v) = value else { continue };
+                let found = match check {
+                    Some(user) => crate::sandbox::resolve_ids(user, None),
+                    None => crate::sandbox::resolve_ids(None, Some(v)),
+                };
+                if let Err(e) = found {
+                    errors.push(loc.error(
+                        raw.daemon_keys.get(key).cloned(),
+                        format!("[daemon] {key}: {e}"),
+                        format!(
+                            "create the {key} (e.g. `useradd --system vmsgd`) or give a numeric id"
+                        ),
                     ));
                 }
-                let dev_num = match dev.dev_num() {
-                    Some(n) => n,
-                    None => {
-                        while used.contains(&next) {
-                            next = next.checked_add(1).ok_or_else(|| {
-                                loc.error(
-                                    Some(span.clone()),
-                                    "no free device number left",
-                                    "remove devices",
-                                )
-                            })?;
-                        }
-                        used.insert(next);
-                        next
-                    }
-                };
-                if let DeviceConfig::I2c(c) = &mut dev {
-                    let at = Where {
-                        span: span.clone(),
-                        guest: &name,
-                        dev_num,
-                    };
-                    i2c::check_i2c(&loc, &at, c, host_checks, &mut i2c_users)?;
-                }
-                if let DeviceConfig::Blk { .. } = dev {
-                    let at = Where {
-                        span,
-                        guest: &name,
-                        dev_num,
-                    };
-                    check_blk(&loc, &at, &mut dev, host_checks, &mut images)?;
-                }
-                devices.push((dev_num, dev));
             }
-            guests.push(GuestConfig { name, bus, devices });
         }
-        if guests.is_empty() {
-            return Err(loc.error(
+        let mut seen = Seen::default();
+        let mut guests = Vec::new();
+        for guest in raw.guest {
+            if let Some(g) = check_guest(&loc, guest, host_checks, &mut seen, &mut errors) {
+                guests.push(g);
+            }
+        }
+        if guests.is_empty() && errors.is_empty() {
+            errors.push(loc.error(
                 None,
                 "no [[guest]] is configured",
                 "add a [[guest]] table with a name, a bus and at least one device (see docs/configuration.md)",
             ));
         }
+        ConfigError::check(errors)?;
         Ok(Self {
             file: file.to_path_buf(),
             daemon: raw.daemon,
             guests,
         })
+    }
+}
+
+/// What the guests checked so far use, for the rules across guests.
+#[derive(Default)]
+struct Seen {
+    names: BTreeSet<String>,
+    /// Socket paths and loopback nodes, by guest.
+    sockets: BTreeMap<PathBuf, String>,
+    images: ImageUsers,
+    /// Addresses of host i2c adapters, by device.
+    i2c: i2c::I2cUsers,
+}
+
+/// Check one guest; its errors go to `errors`. The guest is returned if it
+/// had none.
+fn check_guest(
+    loc: &Locator<'_>,
+    guest: Spanned<RawGuest>,
+    host_checks: bool,
+    seen: &mut Seen,
+    errors: &mut Vec<ConfigError>,
+) -> Option<GuestConfig> {
+    let before = errors.len();
+    let guest_span = guest.span();
+    let guest = guest.into_inner();
+    let name = guest.name.get_ref().clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        errors.push(loc.error(
+            Some(guest.name.span()),
+            format!("guest name {name:?} is not usable"),
+            "use letters, digits, '-', '_' and '.' only",
+        ));
+    } else if !seen.names.insert(name.clone()) {
+        errors.push(loc.error(
+            Some(guest.name.span()),
+            format!("guest name {name:?} is used twice"),
+            "give every [[guest]] a unique name",
+        ));
+    }
+    let bus_span = guest.bus.span();
+    let bus = guest.bus.into_inner();
+    match &bus {
+        BusConfig::Local {
+            socket,
+            max_msg_size,
+            profile,
+            poll_spin_us,
+        } => {
+            check_poll_spin(loc, &bus_span, *poll_spin_us, errors);
+            if socket.as_os_str().is_empty() {
+                errors.push(loc.error(
+                    Some(bus_span.clone()),
+                    "socket path is empty",
+                    "set socket = \"/run/vmsgd/<guest>.sock\"",
+                ));
+            } else if let Some(other) = seen.sockets.insert(socket.clone(), name.clone()) {
+                errors.push(loc.error(
+                    Some(bus_span.clone()),
+                    format!(
+                        "socket {} is already used by guest {other:?}",
+                        socket.display()
+                    ),
+                    "give every guest its own socket path",
+                ));
+            } else {
+                check_socket_path(loc, &bus_span, socket, host_checks, errors);
+            }
+            check_msg_size(loc, &bus_span, *profile, *max_msg_size, "peer", errors);
+        }
+        BusConfig::Xen { .. } => check_xen(loc, bus_span, &bus, errors),
+        BusConfig::LinuxUser {
+            profile, control, ..
+        } => {
+            if *profile != ProfileName::Rfc2 {
+                errors.push(loc.error(
+                    Some(bus_span.clone()),
+                    "the Linux loopback bus speaks only the rfc2 wire profile",
+                    "set profile = \"rfc2\" or leave profile out",
+                ));
+            }
+            if let Some(other) = seen.sockets.insert(control.clone(), name.clone()) {
+                errors.push(loc.error(
+                    Some(bus_span),
+                    format!("{} is already used by guest {other:?}", control.display()),
+                    "one kernel loopback serves one guest: merge the devices into it",
+                ));
+            }
+        }
+    }
+    if guest.device.is_empty() {
+        errors.push(loc.error(
+            Some(guest_span),
+            format!("guest {name:?} has no devices"),
+            "add at least one [[guest.device]] table, e.g. kind = \"rng\"",
+        ));
+    }
+    let mut used = BTreeSet::new();
+    for d in &guest.device {
+        if let Some(n) = d.get_ref().dev_num() {
+            if !used.insert(n) {
+                errors.push(loc.error(
+                    Some(d.span()),
+                    format!("device number {n} is used twice in guest {name:?}"),
+                    "give each device of a guest its own dev_num, or leave dev_num out",
+                ));
+            }
+        }
+    }
+    let mut next = 0u16;
+    let mut devices = Vec::new();
+    for d in guest.device {
+        let span = d.span();
+        let dev = d.into_inner();
+        let dev_num = match dev.dev_num() {
+            Some(n) => n,
+            None => {
+                while used.contains(&next) && next < u16::MAX {
+                    next += 1;
+                }
+                if used.contains(&next) {
+                    errors.push(loc.error(
+                        Some(span.clone()),
+                        "no free device number left",
+                        "remove devices",
+                    ));
+                    continue;
+                }
+                used.insert(next);
+                next
+            }
+        };
+        let at = Where {
+            span,
+            guest: &name,
+            dev_num,
+        };
+        match check_device(loc, &at, dev, host_checks, seen) {
+            Ok(dev) => devices.push((dev_num, dev)),
+            Err(e) => errors.extend(e),
+        }
+    }
+    (errors.len() == before).then_some(GuestConfig { name, bus, devices })
+}
+
+/// Check one device (`at` says where); returns it with relative paths
+/// resolved, or its errors.
+fn check_device(
+    loc: &Locator<'_>,
+    at: &Where<'_>,
+    mut dev: DeviceConfig,
+    host_checks: bool,
+    seen: &mut Seen,
+) -> Result<DeviceConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    if let DeviceConfig::I2c(c) = &mut dev {
+        if let Err(e) = i2c::check_i2c(loc, at, c, host_checks, &mut seen.i2c) {
+            errors.push(e);
+        }
+    }
+    match &dev {
+        DeviceConfig::Rng {
+            rate_limit: Some(0),
+            ..
+        } => errors.push(loc.error(
+            Some(at.span.clone()),
+            "rate_limit = 0 would starve the guest",
+            "remove rate_limit for no limit, or give bytes per second (e.g. 1048576)",
+        )),
+        DeviceConfig::Rng { .. } => {}
+        DeviceConfig::Blk { .. } => check_blk(
+            loc,
+            at,
+            &mut dev,
+            host_checks,
+            &mut seen.images,
+            &mut errors,
+        ),
+        DeviceConfig::I2c(_) => {}
+    }
+    if errors.is_empty() {
+        Ok(dev)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes,
+/// NUL included).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// A local-bus socket path must fit a socket address; with `host_checks`,
+/// its directory must exist and be writable, and the path must not be a
+/// file other than a socket (vmsgd replaces only stale sockets).
+fn check_socket_path(
+    loc: &Locator<'_>,
+    span: &Range<usize>,
+    socket: &Path,
+    host_checks: bool,
+    errors: &mut Vec<ConfigError>,
+) {
+    let err = |message: String, fix: String| loc.error(Some(span.clone()), message, fix);
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        errors.push(err(
+            format!(
+                "socket path {} is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+                socket.display()
+            ),
+            "use a shorter path, e.g. /run/vmsgd/<guest>.sock".into(),
+        ));
+        return;
+    }
+    if !host_checks {
+        return;
+    }
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(socket) {
+        // A socket is there: a stale one (replaced at start) or the running
+        // daemon's own (a reload, perhaps after the privilege drop, when the
+        // directory is no longer writable by us).
+        Ok(md) if md.file_type().is_socket() => return,
+        Ok(_) => {
+            errors.push(err(
+                format!(
+                    "{} exists and is not a socket (vmsgd never removes it)",
+                    socket.display()
+                ),
+                "remove or rename that file, or choose another socket path".into(),
+            ));
+            return;
+        }
+        Err(_) => {}
+    }
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            errors.push(err(
+                format!("socket directory {} does not exist", dir.display()),
+                format!(
+                    "create it (`mkdir -p {}`; the systemd unit's RuntimeDirectory=vmsgd creates /run/vmsgd) or correct the path",
+                    dir.display()
+                ),
+            ));
+        }
+        Err(e) => {
+            errors.push(err(
+                format!("cannot access the socket directory {}: {e}", dir.display()),
+                "check the permissions of the directories leading to it".into(),
+            ));
+        }
+        Ok(md) if !md.is_dir() => {
+            errors.push(err(
+                format!(
+                    "{} (the socket's directory) is not a directory",
+                    dir.display()
+                ),
+                "point socket into a directory".into(),
+            ));
+        }
+        Ok(_) => {
+            if let Err(e) = nix::unistd::access(
+                dir,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            ) {
+                errors.push(err(
+                    format!(
+                        "the socket directory {} is not writable here ({e})",
+                        dir.display()
+                    ),
+                    "run vmsgd as a user that may create files there, or give that user write access"
+                        .into(),
+                ));
+            }
+        }
+    }
+}
+
+/// `max_msg_size` must suit the profile (`peer` names the other side in the
+/// fix).
+fn check_msg_size(
+    loc: &Locator<'_>,
+    span: &Range<usize>,
+    profile: ProfileName,
+    max_msg_size: u32,
+    peer: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    let min = min_msg_size(profile);
+    if (max_msg_size as usize) < min || max_msg_size as usize > vmsg_proto::MAX_MSG_SIZE_LIMIT {
+        errors.push(loc.error(
+            Some(span.clone()),
+            format!(
+                "max_msg_size {max_msg_size} must be from {min} to {} for this profile",
+                vmsg_proto::MAX_MSG_SIZE_LIMIT
+            ),
+            format!("use 264 (the recommended size) unless the {peer} needs another"),
+        ));
+    }
+}
+
+/// Largest `poll_spin_us` accepted: what the instance honours
+/// (`vmsg_backend::instance::MAX_POLL_SPIN`).
+pub const MAX_POLL_SPIN_US: u64 = vmsg_backend::instance::MAX_POLL_SPIN.as_micros() as u64;
+
+/// A bus's `poll_spin_us` must be one the instance honours.
+fn check_poll_spin(loc: &Locator<'_>, span: &Range<usize>, us: u64, errors: &mut Vec<ConfigError>) {
+    if us > MAX_POLL_SPIN_US {
+        errors.push(loc.error(
+            Some(span.clone()),
+            format!(
+                "poll_spin_us {us} is above the most allowed, {MAX_POLL_SPIN_US} ({} ms)",
+                MAX_POLL_SPIN_US / 1000
+            ),
+            "use 0 (sleep on the doorbell, the default) or a few tens of microseconds, e.g. 50",
+        ));
     }
 }
 
@@ -638,7 +891,12 @@ fn min_msg_size(profile: ProfileName) -> usize {
 }
 
 /// Validate a `kind = "xen"` bus.
-fn check_xen(loc: &Locator<'_>, span: Range<usize>, bus: &BusConfig) -> Result<(), ConfigError> {
+fn check_xen(
+    loc: &Locator<'_>,
+    span: Range<usize>,
+    bus: &BusConfig,
+    errors: &mut Vec<ConfigError>,
+) {
     let BusConfig::Xen {
         memory,
         max_grants,
@@ -646,59 +904,51 @@ fn check_xen(loc: &Locator<'_>, span: Range<usize>, bus: &BusConfig) -> Result<(
         profile,
         max_msg_size,
         max_ring_page_order,
+        poll_spin_us,
         ..
     } = bus
     else {
-        return Ok(());
+        return;
     };
+    check_poll_spin(loc, &span, *poll_spin_us, errors);
+    check_msg_size(loc, &span, *profile, *max_msg_size, "guest", errors);
     let err = |message: String, fix: &str| loc.error(Some(span.clone()), message, fix);
-    let min = min_msg_size(*profile);
-    if (*max_msg_size as usize) < min || *max_msg_size as usize > vmsg_proto::MAX_MSG_SIZE_LIMIT {
-        return Err(err(
-            format!("max_msg_size {max_msg_size} is outside {min}..=65535 for this profile"),
-            "use 264 (the recommended size) unless the guest needs another",
-        ));
-    }
     if *max_ring_page_order > vmsg_xen::bus::MAX_RING_PAGE_ORDER {
-        return Err(err(
+        errors.push(err(
             format!(
-                "max_ring_page_order {max_ring_page_order} is above {}",
+                "max_ring_page_order {max_ring_page_order} is above the most allowed, {}",
                 vmsg_xen::bus::MAX_RING_PAGE_ORDER
             ),
             "use 4 (the default: rings of up to 16 pages) or less",
         ));
     }
     match (memory, ranges) {
-        (XenMemoryMode::Grant, Some(_)) => Err(err(
+        (XenMemoryMode::Grant, Some(_)) => errors.push(err(
             "ranges is for memory = \"foreign\"; a grant-mode guest announces its own pool".into(),
             "remove ranges, or set memory = \"foreign\"",
         )),
         (XenMemoryMode::Grant, None) if *max_grants == 0 || *max_grants > MAX_XEN_GRANTS => {
-            Err(err(
-                format!("max_grants {max_grants} is outside 1..={MAX_XEN_GRANTS}"),
+            errors.push(err(
+                format!("max_grants {max_grants} must be from 1 to {MAX_XEN_GRANTS}"),
                 "use 4096 (the default: 16 MiB of guest buffers) or what the guest's frontend announces",
             ))
         }
-        (XenMemoryMode::Grant, None) => Ok(()),
-        (XenMemoryMode::Foreign, None) => Err(err(
+        (XenMemoryMode::Grant, None) => {}
+        (XenMemoryMode::Foreign, None) => errors.push(err(
             "memory = \"foreign\" needs the guest's RAM as ranges".into(),
             "add ranges = \"0+<pages>\" (GFN runs first+count, e.g. \"0+65536\" for 256 MiB)",
         )),
-        (XenMemoryMode::Foreign, Some(r)) => {
-            let runs = r.parse::<vmsg_xen::memory::GrantRuns>().map_err(|e| {
-                err(
-                    format!("ranges: {e}"),
-                    "write GFN runs as first+count joined by commas, e.g. \"0+65536\"",
-                )
-            })?;
-            if runs.pages() > u64::from(u32::MAX) {
-                return Err(err(
-                    format!("ranges cover {} pages", runs.pages()),
-                    "map at most 16 TiB",
-                ));
-            }
-            Ok(())
-        }
+        (XenMemoryMode::Foreign, Some(r)) => match r.parse::<vmsg_xen::memory::GrantRuns>() {
+            Err(e) => errors.push(err(
+                format!("ranges: {e}"),
+                "write GFN runs as first+count joined by commas, e.g. \"0+65536\"",
+            )),
+            Ok(runs) if runs.pages() > u64::from(u32::MAX) => errors.push(err(
+                format!("ranges cover {} pages", runs.pages()),
+                "map at most 16 TiB",
+            )),
+            Ok(_) => {}
+        },
     }
 }
 
@@ -722,7 +972,8 @@ fn check_blk(
     dev: &mut DeviceConfig,
     host_checks: bool,
     images: &mut ImageUsers,
-) -> Result<(), ConfigError> {
+    errors: &mut Vec<ConfigError>,
+) {
     use vmsg_devices::blk::{MAX_QUEUES, SERIAL_LEN};
     let DeviceConfig::Blk {
         path,
@@ -733,37 +984,38 @@ fn check_blk(
         ..
     } = dev
     else {
-        return Ok(());
+        return;
     };
     let err = |message: String, fix: String| loc.error(Some(at.span.clone()), message, fix);
+    if *num_queues == 0 || *num_queues > MAX_QUEUES {
+        errors.push(err(
+            format!("num_queues {num_queues} must be from 1 to {MAX_QUEUES}"),
+            "use 1 (the default) or up to one queue per guest vCPU".into(),
+        ));
+    }
+    if !queue_size.is_power_of_two() || *queue_size < 4 {
+        errors.push(err(
+            format!("queue_size {queue_size} is not a power of two from 4 to 32768"),
+            "use 256 (the default) or another power of two".into(),
+        ));
+    }
+    if serial.len() > SERIAL_LEN || !serial.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        errors.push(err(
+            format!("serial {serial:?} is not at most {SERIAL_LEN} printable ASCII characters"),
+            format!("shorten it to {SERIAL_LEN} ASCII letters, digits, punctuation or spaces"),
+        ));
+    }
     if path.as_os_str().is_empty() {
-        return Err(err(
+        errors.push(err(
             "blk path is empty".into(),
             "set path = \"/var/lib/vmsgd/<guest>.img\" (a raw image file or a block device)".into(),
         ));
+        return;
     }
     if path.is_relative() {
         if let Some(dir) = loc.file.parent().filter(|d| !d.as_os_str().is_empty()) {
             *path = dir.join(&*path);
         }
-    }
-    if *num_queues == 0 || *num_queues > MAX_QUEUES {
-        return Err(err(
-            format!("num_queues {num_queues} is outside 1..={MAX_QUEUES}"),
-            "use 1 (the default) or up to one queue per guest vCPU".into(),
-        ));
-    }
-    if !queue_size.is_power_of_two() || *queue_size < 4 {
-        return Err(err(
-            format!("queue_size {queue_size} is not a power of two in 4..=32768"),
-            "use 256 (the default) or another power of two".into(),
-        ));
-    }
-    if serial.len() > SERIAL_LEN || !serial.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-        return Err(err(
-            format!("serial {serial:?} is not at most {SERIAL_LEN} printable ASCII characters"),
-            format!("shorten it to {SERIAL_LEN} ASCII letters, digits, punctuation or spaces"),
-        ));
     }
     let mut key = path.clone();
     if host_checks {
@@ -774,23 +1026,25 @@ fn check_blk(
         let meta = match std::fs::metadata(&*path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(err(
+                errors.push(err(
                     format!("image {} does not exist", path.display()),
                     create,
                 ));
+                return;
             }
             Err(e) => {
-                return Err(err(
+                errors.push(err(
                     format!("cannot access image {}: {e}", path.display()),
                     "check the path and the permissions of the directories leading to it".into(),
                 ));
+                return;
             }
         };
         use std::os::unix::fs::FileTypeExt;
         let ft = meta.file_type();
         if ft.is_file() {
             if meta.len() < 512 {
-                return Err(err(
+                errors.push(err(
                     format!(
                         "image {} is {} bytes, less than one 512-byte sector",
                         path.display(),
@@ -798,31 +1052,33 @@ fn check_blk(
                     ),
                     format!("grow it (e.g. `truncate -s 8G {}`)", path.display()),
                 ));
+                return;
             }
         } else if !ft.is_block_device() {
-            return Err(err(
+            errors.push(err(
                 format!(
                     "{} is neither a regular file nor a block device",
                     path.display()
                 ),
                 "point path at a raw image file or a block device".into(),
             ));
+            return;
         }
         key = std::fs::canonicalize(&*path).unwrap_or(key);
     }
     if let Some((guest, dev_num, ro)) = images.get(&key) {
         if !(*ro && *read_only) {
-            return Err(err(
+            errors.push(err(
                 format!(
                     "image {} is also used by guest {guest:?} device {dev_num}; a second user of a writable image corrupts it",
                     path.display()
                 ),
                 "give each device its own image, or set read_only = true on every device that uses it".into(),
             ));
+            return;
         }
     }
     images.insert(key, (at.guest.to_string(), at.dev_num, *read_only));
-    Ok(())
 }
 
 /// Parse a log level name.
@@ -844,6 +1100,10 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("test.toml"), text)
+    }
+
+    fn parse_offline(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_offline(Path::new("test.toml"), text)
     }
 
     const GOOD: &str = r#"
@@ -887,10 +1147,11 @@ rate_limit = 4096
     fn unknown_key_names_line_and_fix() {
         let text = "[[guest]]\nname = \"g\"\nbus = { kind = \"local\", socket = \"/s\" }\n[[guest.device]]\nkind = \"rng\"\nrate = 5\n";
         let err = parse(text).expect_err("unknown key");
-        // toml locates unknown keys of a tagged table at the table itself.
-        assert_eq!(err.line, 4, "{err}");
+        // At the key itself, not the table (toml alone locates unknown keys
+        // of a tagged table at the table).
+        assert_eq!(err.line, 6, "{err}");
         assert!(err.message.contains("rate"), "{err}");
-        assert!(err.to_string().contains("test.toml:4:"), "{err}");
+        assert!(err.to_string().contains("test.toml:6:1:"), "{err}");
         assert!(err.fix.contains("spelling"), "{err}");
     }
 
@@ -1147,6 +1408,12 @@ rate_limit = 4096
                 "log level",
             ),
             ("", "no [[guest]]"),
+            // Issue 10, defect 4: accepted before, then the polling loop
+            // spun blind to SIGTERM.
+            (
+                "[[guest]]\nname = \"g\"\nbus = { kind = \"local\", socket = \"/s\", poll_spin_us = 1000000000000 }\n[[guest.device]]\nkind = \"rng\"\n",
+                "poll_spin_us 1000000000000 is above the most allowed, 10000 (10 ms)",
+            ),
             (
                 "[[guest]]\nname = \"a\"\nbus = { kind = \"local\", socket = \"/s\" }\n[[guest.device]]\nkind = \"rng\"\n[[guest]]\nname = \"b\"\nbus = { kind = \"local\", socket = \"/s\" }\n[[guest.device]]\nkind = \"rng\"\n",
                 "already used",
@@ -1156,5 +1423,139 @@ rate_limit = 4096
             assert!(err.message.contains(what), "{what}: {err}");
             assert!(!err.fix.is_empty(), "{what}: {err}");
         }
+    }
+
+    /// Issue 10, defect 6: every error of the file, not only the first,
+    /// each at its own line.
+    #[test]
+    fn every_error_is_reported() {
+        let text = "\
+[daemon]
+log_level = \"loud\"
+
+[[guest]]
+name = \"a\"
+bus = { kind = \"local\", socket = \"/a\", poll_spin_us = 99999999 }
+
+[[guest.device]]
+kind = \"rng\"
+rate_limit = 0
+
+[[guest]]
+name = \"b b\"
+bus = { kind = \"local\", socket = \"/b\" }
+
+[[guest.device]]
+kind = \"rng\"
+";
+        let err = parse_offline(text).expect_err("four errors");
+        let lines: Vec<usize> = err.all().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 6, 8, 13], "{err}");
+        let text = err.to_string();
+        for what in [
+            "poll_spin_us",
+            "rate_limit = 0",
+            "\"b b\" is not usable",
+            "log_level",
+        ] {
+            assert!(text.contains(what), "{what}: {text}");
+        }
+        // Type errors in several devices: each reported at its key.
+        let text = "[[guest]]\nname = \"g\"\nbus = { kind = \"local\", socket = \"/s\" }\n[[guest.device]]\nkind = \"rng\"\nrate_limit = \"fast\"\n[[guest.device]]\nkind = \"rng\"\ndev_num = -1\n[[guest.device]]\nkind = \"rng\"\nbogus = 1\n";
+        let err = parse_offline(text).expect_err("three errors");
+        let lines: Vec<usize> = err.all().map(|e| e.line).collect();
+        assert_eq!(lines, vec![6, 9, 12], "{err}");
+    }
+
+    /// Issue 10, defect 6: a type error points at the key, not the table,
+    /// and says the range in words.
+    #[test]
+    fn type_errors_point_at_the_key_in_words() {
+        let img = image(1 << 20);
+        let err = parse(&blk_text(
+            img.path(),
+            "direct = true\nread_only = \"yes\"\n",
+        ))
+        .expect_err("type");
+        assert_eq!((err.line, err.column), (8, 1), "{err}");
+        assert!(err.message.contains("expected true or false"), "{err}");
+        let err = parse(&blk_text(img.path(), "dev_num = 70000\n")).expect_err("range");
+        assert_eq!(err.line, 7, "{err}");
+        assert!(
+            err.message.contains("a whole number from 0 to 65535"),
+            "{err}"
+        );
+        assert!(!err.message.contains("u16"), "{err}");
+        // Inside the bus's inline table too.
+        let err = parse_offline(
+            "[[guest]]\nname = \"g\"\nbus = { kind = \"local\", socket = \"/s\", max_msg_size = \"big\" }\n[[guest.device]]\nkind = \"rng\"\n",
+        )
+        .expect_err("type in the bus");
+        assert_eq!(err.line, 3, "{err}");
+        assert!(err.column > 20, "at the key, not the table: {err}");
+        assert!(
+            err.message.contains("a whole number from 0 to 4294967295"),
+            "{err}"
+        );
+    }
+
+    /// Issue 10, defect 6: what `--config` would refuse at bind time is
+    /// refused by the check already, with file:line and a fix.
+    #[test]
+    fn socket_paths_are_checked_on_the_host() {
+        let dir = tempfile::tempdir().expect("dir");
+        let with_socket = |socket: &Path| {
+            format!(
+                "[[guest]]\nname = \"g\"\nbus = {{ kind = \"local\", socket = \"{}\" }}\n[[guest.device]]\nkind = \"rng\"\n",
+                socket.display()
+            )
+        };
+        parse(&with_socket(&dir.path().join("g.sock"))).expect("a good socket path");
+        let missing = dir.path().join("nowhere").join("g.sock");
+        let err = parse(&with_socket(&missing)).expect_err("missing directory");
+        assert_eq!(err.line, 3, "{err}");
+        assert!(err.message.contains("does not exist"), "{err}");
+        assert!(err.fix.contains("mkdir -p"), "{err}");
+        // Offline, the host is not looked at.
+        parse_offline(&with_socket(&missing)).expect("offline");
+
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"data").expect("file");
+        let err = parse(&with_socket(&file)).expect_err("a regular file");
+        assert!(err.message.contains("is not a socket"), "{err}");
+        let not_dir = file.join("g.sock");
+        let err = parse(&with_socket(&not_dir)).expect_err("a file as directory");
+        assert!(err.message.contains("not a directory"), "{err}");
+
+        let long = dir.path().join("x".repeat(120));
+        for check in [parse, parse_offline] {
+            let err = check(&with_socket(&long)).expect_err("too long");
+            assert!(err.message.contains("at most 107"), "{err}");
+            assert!(err.fix.contains("shorter"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sandbox_settings() {
+        let guest = "[[guest]]\nname = \"g\"\nbus = { kind = \"local\", socket = \"/s\" }\n[[guest.device]]\nkind = \"rng\"\n";
+        let cfg = parse_offline(guest).expect("defaults");
+        assert_eq!(cfg.daemon.seccomp, SeccompMode::Kill, "on by default");
+        assert_eq!(
+            (cfg.daemon.user.as_deref(), cfg.daemon.group.as_deref()),
+            (None, None)
+        );
+        let cfg = parse_offline(&format!(
+            "[daemon]\nseccomp = \"log\"\nuser = \"vmsgd\"\ngroup = \"vmsgd\"\ncontrol_socket = \"/run/vmsgd/control.sock\"\n{guest}"
+        ))
+        .expect("all keys");
+        assert_eq!(cfg.daemon.seccomp, SeccompMode::Log);
+        assert_eq!(cfg.daemon.user.as_deref(), Some("vmsgd"));
+        let err = parse(&format!("[daemon]\nuser = \"no-such-user-here\"\n{guest}"))
+            .expect_err("unknown user");
+        assert_eq!(err.line, 2, "{err}");
+        assert!(err.fix.contains("useradd"), "{err}");
+        let err = parse_offline(&format!("[daemon]\nseccomp = \"maybe\"\n{guest}"))
+            .expect_err("bad mode");
+        assert!(err.message.contains("kill"), "{err}");
     }
 }

@@ -6,15 +6,18 @@ use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{error, info};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vmsg_backend::hotplug::DeviceControl;
 use vmsg_backend::instance::{
-    GuestInstance, InstanceError, InstanceOptions, InstanceStats, ServeEnd, StopSignal,
+    GuestInstance, Inspector, InstanceError, InstanceOptions, InstanceReport, InstanceStats,
+    ServeEnd, StopSignal,
 };
 use vmsg_backend::linux_user::{LinuxUserBus, LinuxUserOptions, serve_linux_user};
-use vmsg_backend::local::{LocalBusListener, LocalServerOptions};
+use vmsg_backend::local::{LocalBusError, LocalBusListener, LocalServerOptions};
+use vmsg_backend::rate_limited;
 
 use crate::config::{BusConfig, Config, GuestConfig};
 use crate::devices::build_devices;
@@ -54,6 +57,7 @@ struct GuestHandle {
     /// What it runs now (updated by reloads).
     config: GuestConfig,
     control: DeviceControl,
+    inspector: Inspector,
     stats: Arc<Mutex<InstanceStats>>,
     thread: JoinHandle<Result<(), DaemonError>>,
 }
@@ -170,6 +174,7 @@ impl Daemon {
         for (config, instance, listener) in prepared {
             let name = instance.name().to_string();
             let control = instance.device_control();
+            let inspector = instance.inspector();
             let stats = Arc::new(Mutex::new(InstanceStats::default()));
             let thread_stats = stats.clone();
             let thread_stop = stop.clone();
@@ -191,11 +196,29 @@ impl Daemon {
                 name,
                 config,
                 control,
+                inspector,
                 stats,
                 thread,
             });
         }
         Ok(Self { guests, stop })
+    }
+
+    /// Every guest's report (`vmsgctl status`/`stats`), each asked of its
+    /// instance with `timeout`; `None` for a guest that did not answer.
+    pub fn reports(&self, timeout: Duration) -> Vec<(String, Option<InstanceReport>)> {
+        self.inspectors()
+            .into_iter()
+            .map(|(name, i)| (name, i.report(timeout)))
+            .collect()
+    }
+
+    /// The guests' names and inspectors (for the control socket's thread).
+    pub fn inspectors(&self) -> Vec<(String, Inspector)> {
+        self.guests
+            .iter()
+            .map(|g| (g.name.clone(), g.inspector.clone()))
+            .collect()
     }
 
     /// Counters of guest `name` as of its last disconnect.
@@ -289,11 +312,16 @@ fn serve_local(
         if stop.is_triggered() {
             return Ok(());
         }
-        let mut bus = match listener.accept() {
+        let mut bus = match listener.accept_or_stop(sfd) {
             Ok(bus) => bus,
+            Err(LocalBusError::Stopped) => return Ok(()),
             Err(e) => {
                 // A bad handshake is the peer's problem, not the guest's end.
-                warn!("guest {guest}: refused a connection: {e}");
+                rate_limited!(
+                    instance.log_limiter(),
+                    warn,
+                    "guest {guest}: refused a connection: {e}"
+                );
                 continue;
             }
         };
@@ -303,8 +331,16 @@ fn serve_local(
         }
         match end {
             Ok(ServeEnd::Stopped) => return Ok(()),
-            Ok(ServeEnd::Disconnected) => info!("guest {guest}: driver disconnected"),
-            Err(e) => warn!("guest {guest}: connection ended: {e}"),
+            Ok(ServeEnd::Disconnected) => rate_limited!(
+                instance.log_limiter(),
+                info,
+                "guest {guest}: driver disconnected"
+            ),
+            Err(e) => rate_limited!(
+                instance.log_limiter(),
+                warn,
+                "guest {guest}: connection ended: {e}"
+            ),
         }
     }
 }

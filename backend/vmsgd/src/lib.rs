@@ -5,9 +5,11 @@
 //! not use the driver side (`vmsg-driver`); only the binary's demo does.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod devices;
 pub mod error;
 pub mod logging;
 pub mod reload;
+pub mod sandbox;
 pub mod xen;

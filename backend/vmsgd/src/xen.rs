@@ -35,7 +35,9 @@ use log::{debug, error, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use thiserror::Error;
 use vmsg_backend::hotplug::DeviceControl;
-use vmsg_backend::instance::{GuestInstance, InstanceError, InstanceOptions, StopSignal};
+use vmsg_backend::instance::{
+    GuestInstance, Inspector, InstanceError, InstanceOptions, StopSignal,
+};
 use vmsg_xen::bus::{
     BackendConfig, BackendPlatform, MemoryConfig, RunEnd, XenBackend, XenBusError, XenHost,
     XenPlatform,
@@ -135,6 +137,13 @@ fn domain_file_err(file: &Path, message: String, fix: &str) -> XenError {
 /// Check that a loaded config is a domain file: one guest, named `name`,
 /// on the Xen bus.
 fn domain_guest(file: &Path, cfg: Config, name: &str) -> Result<GuestConfig, XenError> {
+    if cfg.daemon.user.is_some() || cfg.daemon.group.is_some() {
+        return Err(domain_file_err(
+            file,
+            "user/group in a domain file: a Xen domain's backend reopens root-only device nodes for every connection, so it runs as root without capabilities".into(),
+            "remove user and group from [daemon] (docs/security.md)",
+        ));
+    }
     let n = cfg.guests.len();
     let Some(guest) = cfg.guests.into_iter().next() else {
         return Err(domain_file_err(file, "no [[guest]]".into(), "add one"));
@@ -300,6 +309,18 @@ pub fn serve_with_control<P: BackendPlatform + Clone>(
     stop: &StopSignal,
     control: impl FnOnce(DeviceControl),
 ) -> Result<RunEnd, XenError> {
+    serve_with_handles(platform, domid, guest, stop, |c, _| control(c))
+}
+
+/// [`serve_with_control`], also handing over the instance's [`Inspector`]
+/// (the control socket's status and counters).
+pub fn serve_with_handles<P: BackendPlatform + Clone>(
+    platform: P,
+    domid: DomId,
+    guest: &GuestConfig,
+    stop: &StopSignal,
+    handles: impl FnOnce(DeviceControl, Inspector),
+) -> Result<RunEnd, XenError> {
     let (cfg, opts) = backend_config(guest)?;
     let devices = build_devices(guest)?;
     let mut instance = GuestInstance::new(guest.name.clone(), opts, devices).map_err(|source| {
@@ -308,7 +329,7 @@ pub fn serve_with_control<P: BackendPlatform + Clone>(
             source,
         }
     })?;
-    control(instance.device_control());
+    handles(instance.device_control(), instance.inspector());
     let bus = |source| XenError::Bus { domid, source };
     let mut backend = XenBackend::provision(platform.clone(), domid, cfg).map_err(bus)?;
     info!(

@@ -36,7 +36,7 @@ use thiserror::Error;
 use virtio_bindings::virtio_blk as vb;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use vmsg_backend::device::{DeviceError, QueueOutcome, VirtioDevice};
+use vmsg_backend::device::{DeviceError, PassBudget, QueueOutcome, VirtioDevice};
 use vmsg_backend::memory::GuestMemory;
 
 use self::config::{BlkConfigSpace, CONFIG_SIZE, bit, offered_features};
@@ -348,13 +348,15 @@ impl BlkDevice {
         }
     }
 
-    /// Pop and start requests of queue `q` until it is empty or at its
-    /// in-flight bound. Returns whether used entries were added.
+    /// Pop and start requests of queue `q` until it is empty, at its
+    /// in-flight bound or `budget` is spent (the host then runs another pass
+    /// later). Returns whether used entries were added.
     fn run_queue(
         &mut self,
         q: u16,
         queue: &mut Queue,
         mem: &GuestMemory,
+        budget: &mut PassBudget,
     ) -> Result<bool, DeviceError> {
         let qi = usize::from(q);
         if qi >= self.queues.len() {
@@ -375,6 +377,10 @@ impl BlkDevice {
                     self.queues[qi].throttled = true;
                     break 'notify;
                 }
+                if !budget.take_chain() {
+                    // The host sees the chains left and runs another pass.
+                    break 'notify;
+                }
                 let chain = {
                     let mut iter = queue.iter(mem).map_err(|e| corrupt(q, &e))?;
                     iter.next()
@@ -384,6 +390,17 @@ impl BlkDevice {
                 };
                 let head = chain.head_index();
                 let parsed = request::parse(chain.map(core_desc), &GuestDma(mem), &limits);
+                if inline {
+                    // Synchronous I/O takes time by the byte; queued I/O
+                    // does not hold this thread.
+                    let bytes: u64 = match &parsed.body {
+                        Ok(Body::In { data, .. } | Body::Out { data, .. }) => {
+                            data.iter().map(|p| u64::from(p.len)).sum()
+                        }
+                        _ => 0,
+                    };
+                    budget.spend(bytes);
+                }
                 used |= self.start(q, queue, ident, head, parsed, mem)?;
                 if inline {
                     used |= self.complete_inline(q, queue, mem)?;
@@ -734,6 +751,16 @@ impl VirtioDevice for BlkDevice {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, DeviceError> {
+        self.process_queue_bounded(index, queue, mem, &mut PassBudget::untimed())
+    }
+
+    fn process_queue_bounded(
+        &mut self,
+        index: u16,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        budget: &mut PassBudget,
+    ) -> Result<QueueOutcome, DeviceError> {
         let mut used = false;
         // Completions an inline engine produced for this queue while another
         // was being processed.
@@ -747,7 +774,7 @@ impl VirtioDevice for BlkDevice {
                 }
             }
         }
-        used |= self.run_queue(index, queue, mem)?;
+        used |= self.run_queue(index, queue, mem, budget)?;
         Ok(QueueOutcome { used_added: used })
     }
 
@@ -790,6 +817,24 @@ impl VirtioDevice for BlkDevice {
         self.engine.event_fd().into_iter().collect()
     }
 
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            ("reads", s.reads),
+            ("writes", s.writes),
+            ("flushes", s.flushes),
+            ("discards", s.discards),
+            ("write_zeroes", s.write_zeroes),
+            ("get_ids", s.get_ids),
+            ("bytes_read", s.bytes_read),
+            ("bytes_written", s.bytes_written),
+            ("io_errors", s.io_errors),
+            ("rejected", s.rejected),
+            ("unanswerable", s.unanswerable),
+            ("in_flight_now", self.in_flight() as u64),
+        ]
+    }
+
     fn handle_event(
         &mut self,
         queues: &mut [Option<Queue>],
@@ -816,7 +861,10 @@ impl VirtioDevice for BlkDevice {
                 continue;
             };
             let q = q as u16;
-            if self.run_queue(q, queue, mem)? && !used.contains(&q) {
+            // What this pass leaves is seen by the host (it looks for
+            // buffers left on every live queue after a completion).
+            let mut budget = PassBudget::new();
+            if self.run_queue(q, queue, mem, &mut budget)? && !used.contains(&q) {
                 used.push(q);
             }
         }

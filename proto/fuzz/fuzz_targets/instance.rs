@@ -33,8 +33,12 @@ const RAM_BASE: u64 = 0x1000;
 const RAM_SIZE: usize = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(rng) = RngDevice::new("rng", Box::new(Counter(0)), None) else { return };
-    let Ok(limited) = RngDevice::new("rng-limited", Box::new(Counter(7)), Some(4096)) else { return };
+    let Ok(rng) = RngDevice::new("rng", Box::new(Counter(0)), None) else {
+        return;
+    };
+    let Ok(limited) = RngDevice::new("rng-limited", Box::new(Counter(7)), Some(4096)) else {
+        return;
+    };
     let Ok(mut inst) = GuestInstance::new(
         "fuzz",
         InstanceOptions::default(),
@@ -42,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
-    let Ok(mut bus) = FakeBus::new(264, RAM_BASE, RAM_SIZE) else { return };
+    let Ok(mut bus) = FakeBus::new(264, RAM_BASE, RAM_SIZE) else {
+        return;
+    };
     let Ok(codec) = inst.attach(&bus) else { return };
     let mem = vmsg_backend::bus::Bus::memory(&bus);
     let mut out = vec![0u8; 264];
@@ -54,9 +60,11 @@ fuzz_target!(|data: &[u8]| {
         let body = &rest[3..3 + take];
         rest = &rest[3 + take..];
         if kind % 2 == 0 {
-            inst.on_frame(&codec, body, &mut bus, &mut out).expect("on_frame never fails on guest input");
+            inst.on_frame(&codec, body, &mut bus, &mut out)
+                .expect("on_frame never fails on guest input");
         } else if body.len() >= 4 {
-            let off = u64::from(u32::from_le_bytes([body[0], body[1], body[2], body[3]])) % RAM_SIZE as u64;
+            let off = u64::from(u32::from_le_bytes([body[0], body[1], body[2], body[3]]))
+                % RAM_SIZE as u64;
             let _ = mem.write_slice(&body[4..], GuestAddress(RAM_BASE + off));
         }
         bus.sent.clear();

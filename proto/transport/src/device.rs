@@ -19,6 +19,15 @@ use vmsg_proto::{
     Body, Codec, DeviceInfo, EncodeError, Message, Profile, SetVqueue, VqueueInfo, status, vq_flags,
 };
 
+/// The status bits virtio defines (§3.7): ACKNOWLEDGE, DRIVER, DRIVER_OK,
+/// FEATURES_OK, DEVICE_NEEDS_RESET, FAILED. A driver's write of any other
+/// bit is dropped.
+pub const STATUS_BITS: u32 = status::ACKNOWLEDGE
+    | status::DRIVER
+    | status::DRIVER_OK
+    | status::FEATURES_OK
+    | status::DEVICE_NEEDS_RESET
+    | status::FAILED;
 /// Feature bit numbers the transport itself cares about (core virtio).
 pub mod feature {
     /// `VIRTIO_F_RING_EVENT_IDX`.
@@ -533,6 +542,8 @@ impl DeviceTransport {
     }
 
     /// §3.8 plus the core virtio status rules, from the device's side.
+    /// A non-zero write of undefined bits only is no reset: it changes
+    /// nothing.
     fn set_status(&mut self, model: &mut dyn DeviceModel, requested: u32) -> Effect {
         if requested == 0 {
             match model.reset() {
@@ -552,6 +563,9 @@ impl DeviceTransport {
             // Nothing but polling makes sense until the reset completed.
             return Effect::None;
         }
+        // Only the defined status bits are status: others are not kept (and
+        // so never reported back by GET_DEVICE_STATUS).
+        let requested = requested & STATUS_BITS;
         // DEVICE_NEEDS_RESET belongs to the device; a driver cannot set or
         // clear it. Clearing any other bit is only possible through reset.
         let requested =

@@ -414,6 +414,28 @@ fn status_write_never_raises_events_and_needs_reset_is_device_owned() {
     assert_eq!(s & ALL, ALL);
 }
 
+/// §3.7/§3.8 (issue 10, defect 7): the status carries the virtio status
+/// bits (ACKNOWLEDGE 1, DRIVER 2, DRIVER_OK 4, FEATURES_OK 8,
+/// DEVICE_NEEDS_RESET 64, FAILED 128) and GET_DEVICE_STATUS "must be
+/// accurate": bits a driver writes outside that set are not kept, and never
+/// reported back (docs/decisions.md).
+#[test]
+fn undefined_status_bits_are_not_kept() {
+    let mut rig = Rig::new();
+    let junk = 0x10 | 0x20 | 0x100 | 0x8000_0000;
+    let (s, effect) = rig.set_status(status::ACKNOWLEDGE | junk);
+    assert_eq!(s, status::ACKNOWLEDGE, "the response drops undefined bits");
+    assert_eq!(effect, Effect::None);
+    assert_eq!(rig.status(), status::ACKNOWLEDGE);
+    // The normal sequence goes on from there.
+    let (s, _) = rig.set_status(status::ACKNOWLEDGE | status::DRIVER | junk);
+    assert_eq!(s, status::ACKNOWLEDGE | status::DRIVER);
+    // Undefined bits alone are a write of nothing new, not a reset.
+    let (s, effect) = rig.set_status(junk);
+    assert_eq!(effect, Effect::None);
+    assert_eq!(s, status::ACKNOWLEDGE | status::DRIVER);
+}
+
 #[test]
 fn get_config_returns_current_generation_and_drops_out_of_range() {
     let mut rig = Rig::new();

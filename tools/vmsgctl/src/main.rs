@@ -72,7 +72,39 @@ enum Command {
         #[command(subcommand)]
         which: bench::BenchCommand,
     },
+    /// A running daemon's guests: connected or not, devices, negotiated
+    /// features, queue states (through its control socket).
+    Status {
+        /// The daemon's control socket (`[daemon] control_socket`).
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Print the daemon's JSON document instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every counter a running daemon keeps: frames, drops by reason,
+    /// per-device requests, notifications, bytes and errors, bus counters
+    /// (grant cache hits and maps on Xen).
+    Stats {
+        /// The daemon's control socket (`[daemon] control_socket`).
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Print the daemon's JSON document instead.
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// Print Prometheus text format (for node-exporter's textfile
+        /// collector: write it to a `.prom` file there).
+        #[arg(long)]
+        prometheus: bool,
+        /// Serve the Prometheus text at http://ADDR/metrics instead, asking
+        /// the daemon afresh for every scrape.
+        #[arg(long, value_name = "ADDR", requires = "prometheus")]
+        listen: Option<String>,
+    },
 }
+
+/// Where the shipped configuration puts the control socket.
+const DEFAULT_CONTROL: &str = "/run/vmsgd/control.sock";
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -88,6 +120,13 @@ fn main() -> ExitCode {
             verbose,
         } => conform(socket.as_deref(), dev, &filter, verbose, cli.profile),
         Command::Bench { which } => bench::run(&which),
+        Command::Status { control, json } => status(&control, json),
+        Command::Stats {
+            control,
+            json,
+            prometheus,
+            listen,
+        } => stats(&control, json, prometheus, listen.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -99,6 +138,67 @@ fn main() -> ExitCode {
 }
 
 type AnyError = Box<dyn std::error::Error>;
+
+fn status(control: &Path, json: bool) -> Result<ExitCode, AnyError> {
+    let doc = vmsgd::control::query(control)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", vmsgd::control::format_status(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(
+    control: &Path,
+    json: bool,
+    prometheus: bool,
+    listen: Option<&str>,
+) -> Result<ExitCode, AnyError> {
+    if let Some(addr) = listen {
+        return serve_metrics(control, addr);
+    }
+    let doc = vmsgd::control::query(control)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else if prometheus {
+        print!("{}", vmsgd::control::format_prometheus(&doc));
+    } else {
+        print!("{}", vmsgd::control::format_stats(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A minimal HTTP endpoint for a Prometheus scrape: every request (one at
+/// a time) gets the daemon's counters as of that moment.
+fn serve_metrics(control: &Path, addr: &str) -> Result<ExitCode, AnyError> {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("{addr}: {e}"))?;
+    eprintln!(
+        "vmsgctl: serving http://{addr}/metrics from {}",
+        control.display()
+    );
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(&stream).read_line(&mut line);
+        let (status, body) = if line.starts_with("GET /metrics ") {
+            match vmsgd::control::query(control) {
+                Ok(doc) => ("200 OK", vmsgd::control::format_prometheus(&doc)),
+                Err(e) => ("503 Service Unavailable", format!("{e}\n")),
+            }
+        } else {
+            ("404 Not Found", "try /metrics\n".to_string())
+        };
+        let _ = write!(
+            stream,
+            "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Connect to a guest's local bus as its driver.
 pub(crate) fn connect(socket: &Path) -> Result<Box<dyn DriverBus>, AnyError> {

@@ -13,6 +13,8 @@ use vm_memory::MmapRegion;
 use vmsg_backend::bus::{Bus, BusCounters, BusError};
 use vmsg_backend::instance::{GuestInstance, ServeEnd, StopSignal};
 use vmsg_backend::memory::GuestMemoryHandle;
+use vmsg_backend::rate_limited;
+use vmsg_backend::ratelog::LogLimiter;
 use vmsg_proto::{Codec, Profile};
 use vmsg_transport::ring::{self, Consumer, Producer, RingError, Role, SharedRegion};
 
@@ -211,6 +213,9 @@ pub struct XenBackend<P: BackendPlatform> {
     gone: bool,
     dropped_seen: u64,
     stats: Arc<SharedStats>,
+    /// Connects, refusals and disconnects (the guest's doing) are logged
+    /// through this.
+    log_limit: LogLimiter,
 }
 
 fn rm_if_exists<O: XsOps + ?Sized>(ops: &mut O, path: &str) -> Result<(), XsError> {
@@ -245,6 +250,7 @@ impl<P: BackendPlatform> XenBackend<P> {
             gone: false,
             dropped_seen: 0,
             stats: Arc::default(),
+            log_limit: LogLimiter::default(),
         };
         this.create_dirs()?;
         let fe_state = format!("{}/{}", this.fe_path, keys::STATE);
@@ -466,7 +472,12 @@ impl<P: BackendPlatform> XenBackend<P> {
 
     fn refuse(&mut self, e: &XenBusError) -> Result<(), XenBusError> {
         let msg = truncate_error(&e.to_string());
-        warn!("{}: refusing the frontend: {msg}", self.be_path);
+        rate_limited!(
+            self.log_limit,
+            warn,
+            "{}: refusing the frontend: {msg}",
+            self.be_path
+        );
         self.stats.failed_connects.fetch_add(1, Ordering::Relaxed);
         self.stats.rest().0 = Some(msg.clone());
         let path = format!("{}/{}", self.be_path, keys::ERROR);
@@ -518,7 +529,7 @@ impl<P: BackendPlatform> XenBackend<P> {
                         Ok(conn) => {
                             self.set_state(S::Connected)?;
                             self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                            info!("{}: connected", self.be_path);
+                            rate_limited!(self.log_limit, info, "{}: connected", self.be_path);
                             return Ok(Accept::Connected(Box::new(XenBus::new(self, conn))));
                         }
                         Err(e) => {
@@ -673,7 +684,12 @@ impl<P: BackendPlatform> XenBackend<P> {
                     Ok(ServeEnd::Stopped) => Some(RunEnd::Stopped),
                     Ok(ServeEnd::Disconnected) => None,
                     Err(e) => {
-                        warn!("{}: connection failed: {e}", bus.backend.be_path);
+                        rate_limited!(
+                            bus.backend.log_limit,
+                            warn,
+                            "{}: connection failed: {e}",
+                            bus.backend.be_path
+                        );
                         bus.fail(&e.to_string());
                         None
                     }
@@ -1035,6 +1051,33 @@ impl<P: BackendPlatform> Bus for XenBus<'_, P> {
             .map_or_else(|| Arc::new(Default::default()), |c| c.memory.clone())
     }
 
+    fn extra_counters(&self) -> Vec<(&'static str, u64)> {
+        // This connection's grant cache plus the earlier connections'.
+        let current = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.cache.as_ref())
+            .map(GrantCache::stats)
+            .unwrap_or_default();
+        let (connects, failed, disconnects) = (
+            self.backend.stats.connects.load(Ordering::Relaxed),
+            self.backend.stats.failed_connects.load(Ordering::Relaxed),
+            self.backend.stats.disconnects.load(Ordering::Relaxed),
+        );
+        let past = self.backend.stats.rest().1;
+        vec![
+            ("grant_map_ops", past.map_ops + current.map_ops),
+            ("grants_mapped", past.grants_mapped + current.grants_mapped),
+            ("grant_cache_hits", past.hits + current.hits),
+            ("grant_cache_misses", past.misses + current.misses),
+            ("grants_refused", past.refused + current.refused),
+            ("grants_unmapped", past.unmapped + current.unmapped),
+            ("connects", connects),
+            ("refused_connects", failed),
+            ("disconnects", disconnects),
+        ]
+    }
+
     fn counters(&self) -> BusCounters {
         let dropped = self.conn.as_ref().map_or(0, |c| c.consumer.dropped());
         BusCounters {
@@ -1072,7 +1115,12 @@ impl<P: BackendPlatform> Drop for XenBus<'_, P> {
                 debug!("{}: {e}", self.backend.be_path);
             }
         }
-        info!("{}: disconnected", self.backend.be_path);
+        rate_limited!(
+            self.backend.log_limit,
+            info,
+            "{}: disconnected",
+            self.backend.be_path
+        );
     }
 }
 

@@ -49,15 +49,46 @@ impl DaemonProcess {
 
     /// Start `vmsgd --config cfg` (a file in `dir`).
     pub fn start_in(dir: tempfile::TempDir, cfg: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmsgd"))
-            .arg("--config")
+        Self::start_in_with(dir, cfg, |_| {})
+    }
+
+    /// [`DaemonProcess::start`], letting `setup` adjust the command first
+    /// (environment, resource limits).
+    pub fn start_with(
+        config: &str,
+        images: &[(&str, u64)],
+        setup: impl FnOnce(&mut Command),
+    ) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vmsgd-test-")
+            .tempdir_in(disk_dir())
+            .expect("temporary directory");
+        for (name, len) in images {
+            std::fs::File::create(dir.path().join(name))
+                .and_then(|f| f.set_len(*len))
+                .expect("create image");
+        }
+        let text = config.replace("{dir}", &dir.path().display().to_string());
+        let cfg = dir.path().join("vmsgd.toml");
+        std::fs::write(&cfg, text).expect("write config");
+        Self::start_in_with(dir, &cfg, setup)
+    }
+
+    /// [`DaemonProcess::start_in`] with a `setup` hook on the command.
+    pub fn start_in_with(
+        dir: tempfile::TempDir,
+        cfg: &Path,
+        setup: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmsgd"));
+        cmd.arg("--config")
             .arg(cfg)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vmsgd");
+            .stderr(Stdio::piped());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn vmsgd");
         let stderr = child.stderr.take().expect("stderr pipe");
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -123,6 +154,17 @@ impl DaemonProcess {
     /// Send SIGHUP (reload the configuration).
     pub fn hangup(&self) {
         self.signal(nix::sys::signal::Signal::SIGHUP);
+    }
+
+    /// SIGTERM the daemon, wait (bounded) for its exit and return its
+    /// status and every line it logged.
+    pub fn terminate_with_log(&mut self) -> (ExitStatus, Vec<String>) {
+        let status = self.terminate();
+        // The pipe's reader ends with the process: take what is left.
+        while let Ok(line) = self.lines.recv_timeout(STARTUP) {
+            self.seen.push(line);
+        }
+        (status, self.seen.clone())
     }
 
     /// SIGTERM the daemon and wait (bounded) for its exit.

@@ -11,7 +11,7 @@ use vmsg_backend::hotplug::DeviceControl;
 use vmsg_backend::instance::StopSignal;
 use vmsgd::config::{self, Config};
 use vmsgd::daemon::Daemon;
-use vmsgd::{logging, xen};
+use vmsgd::{logging, sandbox, xen};
 
 mod demo;
 
@@ -63,7 +63,30 @@ enum Command {
         /// Log to syslog instead of stderr.
         #[arg(long)]
         syslog: bool,
+        /// The system call filter: kill (default), log (allow and log what
+        /// is not on the list, for debugging) or off. The `vmsgd run`
+        /// processes started inherit it.
+        #[arg(long, value_enum, default_value = "kill")]
+        seccomp: SeccompArg,
     },
+}
+
+/// `--seccomp`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SeccompArg {
+    Kill,
+    Log,
+    Off,
+}
+
+impl From<SeccompArg> for config::SeccompMode {
+    fn from(a: SeccompArg) -> Self {
+        match a {
+            SeccompArg::Kill => Self::Kill,
+            SeccompArg::Log => Self::Log,
+            SeccompArg::Off => Self::Off,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -89,9 +112,10 @@ fn main() -> ExitCode {
                 config_dir,
                 log_level,
                 syslog,
+                seccomp,
             }),
             _,
-        ) => watch(&config_dir, &log_level, syslog),
+        ) => watch(&config_dir, &log_level, syslog, seccomp.into()),
         (None, Some(file)) => run_daemon(&file),
         (None, None) => {
             eprintln!(
@@ -99,6 +123,15 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+/// Raise the soft fd limit to the hard one (every serving role does this
+/// first; `sandbox::raise_fd_limit` says why) and log the result.
+fn raise_fd_limit() {
+    match sandbox::raise_fd_limit() {
+        Ok((soft, _)) => info!("file descriptor limit: {soft}"),
+        Err(e) => warn!("{e}; keeping the file descriptor limit as it is"),
     }
 }
 
@@ -145,6 +178,7 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
         eprintln!("vmsgd: {e}");
         return ExitCode::FAILURE;
     }
+    raise_fd_limit();
     // Block the termination signals and SIGHUP in every thread (threads
     // inherit the mask) and take them synchronously here, so shutdown and
     // reloads are orderly.
@@ -170,6 +204,49 @@ fn run_daemon(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The control socket, bound now (root's, mode 0600).
+    let _control = match &cfg.daemon.control_socket {
+        None => None,
+        Some(path) => match vmsgd::control::ControlServer::start(
+            path,
+            std::sync::Arc::new(std::sync::Mutex::new(daemon.inspectors())),
+            stop.clone(),
+        ) {
+            Ok(c) => {
+                info!("control socket {}", path.display());
+                Some(c)
+            }
+            Err(e) => {
+                error!("{e}");
+                let _ = daemon.shutdown();
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    // Everything that needs root is open (sockets bound, devices and
+    // images opened): drop what is left of it and filter system calls.
+    let sockets: Vec<PathBuf> = cfg
+        .guests
+        .iter()
+        .filter_map(|g| match &g.bus {
+            config::BusConfig::Local { socket, .. } => Some(socket.clone()),
+            _ => None,
+        })
+        .collect();
+    match sandbox::confine(
+        sandbox::Role::Daemon,
+        cfg.daemon.user.as_deref(),
+        cfg.daemon.group.as_deref(),
+        cfg.daemon.seccomp,
+        &sockets,
+    ) {
+        Ok(what) => info!("sandbox: {what}"),
+        Err(e) => {
+            error!("sandbox: {e}");
+            let _ = daemon.shutdown();
+            return ExitCode::FAILURE;
+        }
+    }
     info!(
         "vmsgd {} running {} guest(s) from {}",
         env!("CARGO_PKG_VERSION"),
@@ -277,6 +354,7 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
         eprintln!("vmsgd: {e}");
         return ExitCode::FAILURE;
     }
+    raise_fd_limit();
     // SIGHUP re-reads the domain file and applies its device changes live.
     let control: Arc<OnceLock<DeviceControl>> = Arc::new(OnceLock::new());
     let hangup = {
@@ -305,13 +383,41 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The control socket, bound before the filter (which allows no bind);
+    // the guest is added once its instance exists.
+    let guests = vmsgd::control::GuestSet::default();
+    let _control = match &cfg.daemon.control_socket {
+        None => None,
+        Some(path) => {
+            match vmsgd::control::ControlServer::start(path, guests.clone(), stop.clone()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    // The backend opens the Xen device nodes (root's) for every
+    // connection: it stays uid 0, without capabilities (docs/security.md;
+    // load_domain refuses user/group in a domain file).
+    match sandbox::confine(sandbox::Role::Domain, None, None, cfg.daemon.seccomp, &[]) {
+        Ok(what) => info!("sandbox: {what}"),
+        Err(e) => {
+            error!("sandbox: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let platform = xen::RestrictedHost {
         domid: domain.domid,
     };
-    let publish = |c: DeviceControl| {
+    let publish = |c: DeviceControl, i: vmsg_backend::instance::Inspector| {
         let _ = control.set(c);
+        if let Ok(mut list) = guests.lock() {
+            list.push((domain.name.clone(), i));
+        }
     };
-    match xen::serve_with_control(platform, domain.domid, &guest, &stop, publish) {
+    match xen::serve_with_handles(platform, domain.domid, &guest, &stop, publish) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -320,7 +426,12 @@ fn run_domain(spec: &str, dir: &std::path::Path) -> ExitCode {
     }
 }
 
-fn watch(dir: &std::path::Path, log_level: &str, syslog: bool) -> ExitCode {
+fn watch(
+    dir: &std::path::Path,
+    log_level: &str,
+    syslog: bool,
+    seccomp: config::SeccompMode,
+) -> ExitCode {
     let Some(level) = config::log_level(log_level) else {
         eprintln!("vmsgd: --log-level {log_level:?}: use error, warn, info, debug or trace");
         return ExitCode::from(2);
@@ -334,6 +445,7 @@ fn watch(dir: &std::path::Path, log_level: &str, syslog: bool) -> ExitCode {
         eprintln!("vmsgd: {e}");
         return ExitCode::FAILURE;
     }
+    raise_fd_limit();
     // Children are reaped through a signalfd: SIGCHLD stays blocked.
     let stop = match stop_on_signals(&[Signal::SIGCHLD], None) {
         Ok(s) => s,
@@ -351,6 +463,11 @@ fn watch(dir: &std::path::Path, log_level: &str, syslog: bool) -> ExitCode {
         .and_then(|launcher| {
             let mut xs = vmsg_xen::xenstore::XsClient::open()
                 .map_err(|e| format!("xenstore: {e} (is this dom0 with xenstored running?)"))?;
+            // The supervisor needs no privilege of its own; the backends it
+            // starts inherit the filter (and add their own).
+            let what = sandbox::confine(sandbox::Role::Watch, None, None, seccomp, &[])
+                .map_err(|e| format!("sandbox: {e}"))?;
+            info!("sandbox: {what}");
             let opts = xen::WatchOptions {
                 config_dir: dir.clone(),
                 ..xen::WatchOptions::default()
